@@ -1,0 +1,248 @@
+"""The job spec: one pydantic schema shared by the API (validation) and the engine (execution).
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+`parse_spec` is the single entry point; it turns pydantic's errors and the method registry's
+checks into a `SpecError` whose lines read `field.path: what is wrong; what is allowed`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpecError(ValueError):
+    """An invalid spec; `errors` holds (field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("\n".join(f"{loc}: {msg}" for loc, msg in errors))
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class SchedulerSpec(Strict):
+    name: Literal["none", "cosine", "step"] = "none"
+    step_size: int = Field(30, ge=1, description="epochs between decays (step)")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step)")
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    optimizer: OptimizerSpec = OptimizerSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision; only ever used on CUDA")
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class TeacherTrainSpec(TrainSpec):
+    """Training settings for a teacher trained inside the job (same keys as `train`)."""
+
+
+class TeacherSpec(Strict):
+    """Where the teacher comes from: exactly one of checkpoint, torchscript, onnx or train."""
+
+    arch: str | None = Field(None, description="zoo architecture (with checkpoint or train)")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = Field(None, description="state dict (.pt/.pth or .safetensors)")
+    torchscript: str | None = None
+    onnx: str | None = None
+    train: TeacherTrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSpec:
+        given = [k for k in ("checkpoint", "torchscript", "onnx", "train") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one teacher source: checkpoint (with arch), torchscript, onnx, "
+                f"or train (with arch); got {given or 'none'}"
+            )
+        if given[0] in ("checkpoint", "train") and not self.arch:
+            raise ValueError(f"teacher.{given[0]} needs teacher.arch (a zoo architecture)")
+        if given[0] in ("torchscript", "onnx") and (self.arch or self.kwargs):
+            raise ValueError(f"teacher.{given[0]} carries its own architecture; remove arch/kwargs")
+        return self
+
+    @property
+    def source(self) -> str:
+        for key in ("checkpoint", "torchscript", "onnx", "train"):
+            if getattr(self, key):
+                return key
+        raise AssertionError("validated above")
+
+
+class StudentSpec(Strict):
+    arch: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = Field(None, description="optional starting weights (state dict)")
+
+
+class SyntheticSpec(Strict):
+    input_shape: list[int] = Field(default_factory=lambda: [16], min_length=1, max_length=3)
+    num_classes: int = Field(4, ge=2)
+    n_train: int = Field(512, ge=2)
+    n_val: int = Field(256, ge=2)
+    noise: float = Field(1.0, ge=0, description="class overlap; higher is harder")
+    seed: int = 0
+
+
+class AugmentSpec(Strict):
+    """Random training-time augmentation; any of it disables the teacher output cache."""
+
+    noise_std: float = Field(0.0, ge=0)
+    hflip: bool = False
+    crop_padding: int = Field(0, ge=0)
+
+    @property
+    def active(self) -> bool:
+        return self.noise_std > 0 or self.hflip or self.crop_padding > 0
+
+
+class DataSpec(Strict):
+    source: str = Field(
+        ..., description="'digits', 'synthetic', or a file path (.npz, .pt, .csv)"
+    )
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="used when the file has no val split")
+    label_column: str = Field("label", description="CSV only: the column holding labels")
+    labeled_fraction: float = Field(
+        1.0, gt=0, le=1, description="keep labels for this share of training rows (seeded)"
+    )
+    normalize: bool = Field(True, description="standardise with training-set statistics")
+    synthetic: SyntheticSpec = SyntheticSpec()
+    augment: AugmentSpec = AugmentSpec()
+    seed: int = 0
+
+
+class MethodSpec(BaseModel):
+    """`name` plus the method's own keys, checked against its params model in `parse_spec`."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "kd"
+
+    def params(self) -> BaseModel:
+        from kdcore.methods import registry
+
+        return registry.get(self.name).params.model_validate(self.model_extra or {})
+
+
+class EvaluateSpec(Strict):
+    baseline: bool = Field(False, description="also train the student alone with CE only")
+    latency_batch_size: int = Field(32, ge=1)
+    latency_runs: int = Field(20, ge=1)
+
+
+class GatesSpec(Strict):
+    max_gap: float | None = Field(None, description="accuracy points; fail above this")
+    min_student_accuracy: float | None = Field(None, ge=0, le=100, description="percent")
+
+
+ExportFormat = Literal["torchscript", "torch_export", "onnx", "safetensors"]
+ALL_FORMATS: list[ExportFormat] = ["torchscript", "torch_export", "onnx", "safetensors"]
+
+
+class JobSpec(Strict):
+    name: str = Field(..., min_length=1, max_length=200)
+    teacher: TeacherSpec
+    student: StudentSpec
+    data: DataSpec
+    method: MethodSpec = MethodSpec()
+    train: TrainSpec = TrainSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    export: list[ExportFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
+    gates: GatesSpec = GatesSpec()
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in parts) or "(root)"
+
+
+def _pydantic_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        out.append((_loc(prefix + tuple(err["loc"])), msg))
+    return out
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a spec given as a dict; raise `SpecError` naming each bad field."""
+    from kdcore.methods import registry
+
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_errors(exc)) from None
+    errors: list[tuple[str, str]] = []
+    if spec.method.name not in registry.names():
+        errors.append(
+            ("method.name", f"{spec.method.name!r} is not a known method; "
+                            f"known: {', '.join(registry.names())}")
+        )
+    else:
+        try:
+            spec.method.params()
+        except ValidationError as exc:
+            errors.extend(_pydantic_errors(exc, ("method",)))
+    from kdcore.models import registry as models
+
+    for loc, arch in (("teacher.arch", spec.teacher.arch), ("student.arch", spec.student.arch)):
+        if arch is not None and arch not in models.names():
+            errors.append(
+                (loc, f"{arch!r} is not a known architecture; known: {', '.join(models.names())}")
+            )
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a YAML or JSON spec file; relative file paths inside it resolve from its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([("(file)", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError([("(file)", f"{path} is not valid YAML/JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError([("(root)", "a spec is a mapping with name, teacher, student, data, ...")])
+    return resolve_paths(parse_spec(data), path.parent)
+
+
+def resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
+    """Make file references relative to the spec's folder absolute."""
+
+    def fix(p: str | None) -> str | None:
+        if p is None or Path(p).is_absolute():
+            return p
+        candidate = base / p
+        return str(candidate) if candidate.exists() or not Path(p).exists() else p
+
+    t, s, d = spec.teacher, spec.student, spec.data
+    t.checkpoint, t.torchscript, t.onnx = fix(t.checkpoint), fix(t.torchscript), fix(t.onnx)
+    s.checkpoint = fix(s.checkpoint)
+    if d.source not in ("digits", "synthetic"):
+        d.source = fix(d.source) or d.source
+    return spec
