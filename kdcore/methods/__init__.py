@@ -1,0 +1,1 @@
+"""Distillation methods (losses); see `registry` for how one plugs in."""

@@ -1,0 +1,121 @@
+"""The `distill` command line.
+
+Exit codes are part of the contract with CI pipelines:
+0 success, 1 anything else went wrong, 2 invalid spec or input, 3 a quality gate failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from client.progress import RichProgress
+
+app = typer.Typer(
+    help="Distillery: compress a teacher model into a small student by knowledge distillation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
+
+
+@app.callback()
+def main() -> None:
+    """Distillery command line."""
+
+
+@app.command()
+def run(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="job spec, YAML or JSON"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for report.json and artifacts"),
+    resume: bool = typer.Option(
+        True, help="continue from checkpoints in OUT/checkpoints when a run was interrupted"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Run a distillation job locally: train/load the teacher, distil, evaluate, export."""
+    from kdcore.checkpoint import FolderCheckpoints
+    from kdcore.errors import InputError
+    from kdcore.pipeline import run as run_job
+    from kdcore.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        _fail_invalid(f"invalid spec {spec_path}", exc.errors)
+    ckpt_dir = out / "checkpoints"
+    if not resume and ckpt_dir.exists():
+        for f in ckpt_dir.glob("*.ckpt.pt"):
+            f.unlink()
+    try:
+        with RichProgress(err, disable=quiet) as progress:
+            report = run_job(spec, out, callbacks=progress,
+                             checkpoints=FolderCheckpoints(ckpt_dir))
+    except InputError as exc:
+        _fail_invalid("invalid input", [(exc.field, exc.message)])
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]; run the same command again to resume")
+        raise typer.Exit(EXIT_ERROR) from None
+    except Exception as exc:
+        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_ERROR) from None
+    _print_summary(report, out)
+    if not report["gates"]["passed"]:
+        raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")) -> None:
+    """Check a spec without running it; prints the spec with defaults filled in."""
+    from kdcore.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        _fail_invalid(f"invalid spec {spec_path}", exc.errors)
+    typer.echo(json.dumps(spec.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def zoo() -> None:
+    """List the built-in architectures and distillation methods."""
+    from kdcore.methods import registry as methods
+    from kdcore.models import registry as models
+
+    typer.echo("architectures: " + ", ".join(models.names()))
+    typer.echo("methods: " + ", ".join(methods.names()))
+
+
+def _fail_invalid(title: str, errors: list[tuple[str, str]]) -> None:
+    err.print(f"[red]{title}[/]")
+    for loc, msg in errors:
+        err.print(f"  [bold]{loc}[/]: {msg}", highlight=False)
+    raise typer.Exit(EXIT_INVALID)
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    t, s, b = report["teacher"], report["student"], report["baseline"]
+    con = Console(file=sys.stdout)
+    con.print(f"[bold]{report['name']}[/] ({report['method']['name']})")
+    con.print(f"  teacher  acc {t['accuracy']:6.2f}%  params {t['params']:>10,}")
+    con.print(f"  student  acc {s['accuracy']:6.2f}%  params {s['params']:>10,}"
+              f"  ({report['compression']}x smaller)")
+    if b is not None:
+        con.print(f"  baseline acc {b['accuracy']:6.2f}%  (student trained alone)")
+    con.print(f"  gap {report['gap']:.2f} points")
+    for check in report["gates"]["checks"]:
+        verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+        con.print(f"  gate {check['name']}: {check['value']} vs {check['threshold']} {verdict}")
+    for a in report["artifacts"]:
+        con.print(f"  {a['format']:<13} {a['path']}  (max abs diff {a['max_abs_diff']:.1e})")
+    con.print(f"  report: {out / 'report.json'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,54 @@
+"""What every distillation method sees and must provide.
+
+A method is an `nn.Module` (so any learnable part, such as a FitNets adapter, is optimised and
+checkpointed with the student) that turns one step's outputs into a scalar loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StepOutputs:
+    """One batch: logits (and, for feature methods, captured features); targets are -1 where the
+    row has no label (a transfer set)."""
+
+    student_logits: Tensor
+    targets: Tensor
+    teacher_logits: Tensor | None = None
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    params: ClassVar[type[MethodParams]] = MethodParams
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, params: MethodParams):
+        super().__init__()
+        self.hparams = params
+
+    def forward(self, out: StepOutputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean CE over the labelled rows only (targets == -1 are skipped); 0 when none is labelled."""
+    labelled = (targets >= 0).sum().clamp(min=1)
+    total = F.cross_entropy(logits.float(), targets, ignore_index=-1, reduction="sum")
+    return total / labelled
+
+
+def zero_like(t: Tensor) -> Tensor:
+    return torch.zeros((), dtype=torch.float32, device=t.device)

@@ -1,0 +1,249 @@
+"""The one training loop every method and scheme runs through.
+
+It is deterministic on CPU for a given seed (one torch.Generator drives shuffling and
+augmentation; the global RNG, used by dropout, is seeded and checkpointed), checkpoints after
+every epoch, and resumes from the last checkpoint so that an interrupted-then-resumed run ends
+with exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdcore.callbacks import Callbacks, EpochRecord
+from kdcore.checkpoint import CheckpointStore
+from kdcore.data.dataset import Dataset
+from kdcore.errors import Cancelled, InputError
+from kdcore.evaluate import accuracy, predict_logits
+from kdcore.methods.base import Method, StepOutputs
+from kdcore.spec import OptimizerSpec, SchedulerSpec, TrainSpec
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def select_device(name: str) -> torch.device:
+    """`auto` takes CUDA when present; asking for CUDA where there is none is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device", "cuda was asked for but no GPU is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def make_optimizer(params: list[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if spec.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if spec.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)
+    return None
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A frozen teacher: eval mode (BatchNorm statistics fixed) and no gradients."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """A seeded shuffle split into batches; a trailing batch of one row joins the previous one
+    (BatchNorm cannot train on a single row)."""
+    parts = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    teacher_cache_used: bool = False
+
+    @property
+    def best_accuracy(self) -> float:
+        return max((r.student_accuracy for r in self.history), default=0.0)
+
+
+class _TeacherOutputs:
+    """Teacher logits for a batch: looked up from a one-off pass when the inputs never change
+    (frozen teacher, no random augmentation), else computed on the batch."""
+
+    def __init__(self, teacher: nn.Module | None, x_all: Tensor, cache: bool, device: torch.device):
+        self.teacher = teacher
+        self.cached: Tensor | None = None
+        if teacher is not None and cache:
+            self.cached = predict_logits(teacher, x_all, device=device).to(device)
+
+    def __call__(self, idx: Tensor, xb: Tensor) -> Tensor | None:
+        if self.teacher is None:
+            return None
+        if self.cached is not None:
+            return self.cached[idx]
+        with torch.no_grad():
+            return self.teacher(xb).float()
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"generator": generator.get_state(), "cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    student: nn.Module,
+    method: Method,
+    data: Dataset,
+    train: TrainSpec,
+    *,
+    stage: str,
+    teacher: nn.Module | None = None,
+    augment: Augment | None = None,
+    callbacks: Callbacks | None = None,
+    checkpoints: CheckpointStore | None = None,
+    cache_teacher: bool = True,
+) -> FitResult:
+    """Train `student` with `method` (and a frozen `teacher`, when the method needs one)."""
+    cb = callbacks or Callbacks()
+    device = select_device(train.device)
+    student.to(device)
+    method.to(device)
+    if method.needs_teacher:
+        if teacher is None:
+            raise ValueError(f"{stage}: the method needs a teacher")
+        freeze(teacher).to(device)
+    else:
+        teacher = None
+
+    optimizer = make_optimizer(
+        [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad],
+        train.optimizer,
+    )
+    scheduler = make_scheduler(optimizer, train.scheduler, train.epochs)
+    amp = train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    generator = torch.Generator().manual_seed(train.seed)
+    torch.manual_seed(train.seed)
+
+    result = FitResult()
+    saved = checkpoints.load(stage) if checkpoints else None
+    if saved is not None:
+        student.load_state_dict(saved["student"])
+        method.load_state_dict(saved["method"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        _restore_rng(saved["rng"], generator)
+        result.history = [EpochRecord(**r) for r in saved["history"]]
+        result.resumed_from_epoch = int(saved["epoch"])
+
+    x_train = data.x_train.to(device)
+    y_train = data.y_train.to(device)
+    use_cache = cache_teacher and augment is None and teacher is not None
+    teacher_out = _TeacherOutputs(teacher, data.x_train, use_cache, device)
+    result.teacher_cache_used = teacher_out.cached is not None
+    steps = len(batches(len(x_train), train.batch_size, torch.Generator()))
+    cb.on_stage_start(stage, train.epochs, steps)
+
+    for epoch in range(result.resumed_from_epoch, train.epochs):
+        started = time.perf_counter()
+        student.train()
+        method.train()
+        total, seen = 0.0, 0
+        for step, idx in enumerate(batches(len(x_train), train.batch_size, generator)):
+            if cb.should_cancel():
+                raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
+            idx_dev = idx.to(device)
+            xb, yb = x_train[idx_dev], y_train[idx_dev]
+            if augment is not None:
+                xb = augment(xb, generator)
+            with _autocast(device, amp):
+                out = StepOutputs(student(xb), yb, teacher_out(idx_dev, xb))
+                loss = method(out)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if train.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(student.parameters(), train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            cb.on_step(stage, epoch + 1, step + 1, loss.item())
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        record = EpochRecord(
+            stage=stage,
+            epoch=epoch + 1,
+            train_loss=total / max(seen, 1),
+            student_accuracy=accuracy(student, data.x_val, data.y_val, device=device),
+            lr=lr,
+            seconds=time.perf_counter() - started,
+        )
+        result.history.append(record)
+        if checkpoints is not None:
+            checkpoints.save(stage, _checkpoint(student, method, optimizer, scheduler, scaler,
+                                                generator, epoch + 1, result.history))
+        cb.on_epoch_end(record)
+    cb.on_stage_end(stage)
+    return result
+
+
+def _checkpoint(
+    student: nn.Module,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+    epoch: int,
+    history: list[EpochRecord],
+) -> dict[str, Any]:
+    return {
+        "student": student.state_dict(),
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "scaler": scaler.state_dict(),
+        "rng": _rng_state(generator),
+        "epoch": epoch,
+        "history": [r.to_dict() for r in history],
+    }
+

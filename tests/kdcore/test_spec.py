@@ -1,0 +1,110 @@
+"""Spec validation: every error names the field path and what is allowed."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdcore.spec import SpecError, load_spec, parse_spec
+
+
+def base() -> dict:
+    return {
+        "name": "t",
+        "teacher": {"arch": "mlp", "train": {"epochs": 1}},
+        "student": {"arch": "mlp", "kwargs": {"hidden": [8]}},
+        "data": {"source": "digits"},
+        "method": {"name": "kd", "temperature": 2.0},
+    }
+
+
+def errors_of(data: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data)
+    return dict(info.value.errors)
+
+
+def test_valid_spec_fills_defaults() -> None:
+    spec = parse_spec(base())
+    assert spec.train.epochs == 10 and spec.method.params().alpha == 0.9
+    assert spec.teacher.source == "train"
+    assert spec.export == ["torchscript", "torch_export", "onnx", "safetensors"]
+
+
+def test_unknown_method_lists_known() -> None:
+    d = base()
+    d["method"] = {"name": "kdd"}
+    assert errors_of(d) == {"method.name": "'kdd' is not a known method; known: ce, kd"}
+
+
+def test_bad_method_param_names_path() -> None:
+    d = base()
+    d["method"] = {"name": "kd", "temperature": -1, "beta": 2}
+    errs = errors_of(d)
+    assert "greater than 0" in errs["method.temperature"]
+    assert "unknown key" in errs["method.beta"]
+
+
+def test_unknown_key_and_missing_field() -> None:
+    d = base()
+    d["data"]["sorce"] = "x"
+    del d["student"]
+    errs = errors_of(d)
+    assert errs["data.sorce"].startswith("unknown key")
+    assert errs["student"] == "required field is missing"
+
+
+def test_unknown_arch_lists_zoo() -> None:
+    d = base()
+    d["student"]["arch"] = "resnet9000"
+    errs = errors_of(d)
+    assert "'resnet9000' is not a known architecture" in errs["student.arch"]
+    assert "resnet8x4" in errs["student.arch"]
+
+
+@pytest.mark.parametrize(
+    "teacher, fragment",
+    [
+        ({"arch": "mlp"}, "exactly one teacher source"),
+        ({"arch": "mlp", "train": {}, "onnx": "t.onnx"}, "exactly one teacher source"),
+        ({"train": {}}, "teacher.train needs teacher.arch"),
+        ({"arch": "mlp", "onnx": "t.onnx"}, "remove arch"),
+    ],
+)
+def test_teacher_sources(teacher: dict, fragment: str) -> None:
+    d = base()
+    d["teacher"] = teacher
+    assert fragment in errors_of(d)["teacher"]
+
+
+def test_bad_values_name_path() -> None:
+    d = base()
+    d["train"] = {"optimizer": {"name": "rmsprop"}, "epochs": 0}
+    d["export"] = ["tflite"]
+    errs = errors_of(d)
+    assert "'sgd', 'adam' or 'adamw'" in errs["train.optimizer.name"]
+    assert "greater than or equal to 1" in errs["train.epochs"]
+    assert "export.0" in errs
+
+
+def test_load_yaml_and_json_resolve_relative_paths(tmp_path: Path) -> None:
+    d = base()
+    (tmp_path / "t.onnx").write_bytes(b"x")
+    d["teacher"] = {"onnx": "t.onnx"}
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    spec = load_spec(tmp_path / "s.json")
+    assert spec.teacher.onnx == str(tmp_path / "t.onnx")
+    (tmp_path / "s.yaml").write_text("name: y\nteacher: {onnx: t.onnx}\nstudent: {arch: mlp}\n"
+                                     "data: {source: digits}\n")
+    assert load_spec(tmp_path / "s.yaml").name == "y"
+
+
+def test_load_rejects_broken_files(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(SpecError, match="a spec is a mapping"):
+        load_spec(tmp_path / "list.yaml")
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
