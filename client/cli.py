@@ -55,8 +55,7 @@ def run(
             f.unlink()
     try:
         with RichProgress(err, disable=quiet) as progress:
-            report = run_job(spec, out, callbacks=progress,
-                             checkpoints=FolderCheckpoints(ckpt_dir))
+            report = run_job(spec, out, callbacks=progress, checkpoints=FolderCheckpoints(ckpt_dir))
     except InputError as exc:
         _fail_invalid("invalid input", [(exc.field, exc.message)])
     except KeyboardInterrupt:
@@ -104,8 +103,10 @@ def _print_summary(report: dict, out: Path) -> None:
     con = Console(file=sys.stdout)
     con.print(f"[bold]{report['name']}[/] ({report['method']['name']})")
     con.print(f"  teacher  acc {t['accuracy']:6.2f}%  params {t['params']:>10,}")
-    con.print(f"  student  acc {s['accuracy']:6.2f}%  params {s['params']:>10,}"
-              f"  ({report['compression']}x smaller)")
+    con.print(
+        f"  student  acc {s['accuracy']:6.2f}%  params {s['params']:>10,}"
+        f"  ({report['compression']}x smaller)"
+    )
     if b is not None:
         con.print(f"  baseline acc {b['accuracy']:6.2f}%  (student trained alone)")
     con.print(f"  gap {report['gap']:.2f} points")

@@ -66,7 +66,7 @@ class RichProgress(Callbacks):
             self.tasks[record.stage],
             completed=record.epoch * self.steps_per_epoch[record.stage],
             info=f"epoch {record.epoch} loss {record.train_loss:.3f} "
-                 f"val {record.student_accuracy:.1f}%",
+            f"val {record.student_accuracy:.1f}%",
         )
 
     def on_stage_end(self, stage: str) -> None:

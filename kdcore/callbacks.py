@@ -13,7 +13,8 @@ class EpochRecord:
     train_loss: float
     student_accuracy: float  # percent on the validation split
     lr: float
-    seconds: float
+    seconds: float  # the whole epoch, validation included
+    train_seconds: float  # the batch loop alone (what bench/kd_overhead.py compares)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,13 +11,20 @@ def check_gates(gates: GatesSpec, teacher_accuracy: float, student_accuracy: flo
     if gates.max_gap is not None:
         gap = teacher_accuracy - student_accuracy
         checks.append(
-            {"name": "max_gap", "threshold": gates.max_gap, "value": round(gap, 4),
-             "passed": gap <= gates.max_gap}
+            {
+                "name": "max_gap",
+                "threshold": gates.max_gap,
+                "value": round(gap, 4),
+                "passed": gap <= gates.max_gap,
+            }
         )
     if gates.min_student_accuracy is not None:
         checks.append(
-            {"name": "min_student_accuracy", "threshold": gates.min_student_accuracy,
-             "value": round(student_accuracy, 4),
-             "passed": student_accuracy >= gates.min_student_accuracy}
+            {
+                "name": "min_student_accuracy",
+                "threshold": gates.min_student_accuracy,
+                "value": round(student_accuracy, 4),
+                "passed": student_accuracy >= gates.min_student_accuracy,
+            }
         )
     return {"passed": all(c["passed"] for c in checks), "checks": checks}

@@ -25,7 +25,7 @@ from kdcore.errors import InputError
 from kdcore.export import export_student
 from kdcore.gates import check_gates
 from kdcore.methods import registry as methods
-from kdcore.models.loaders import ModelLoadError, load_state_dict_file, load_teacher
+from kdcore.models.loaders import load_state_dict_file, load_teacher, load_weights
 from kdcore.models.registry import build_model
 from kdcore.spec import JobSpec
 from kdcore.train import fit, freeze, select_device
@@ -51,7 +51,9 @@ def _build(arch: str, kwargs: dict[str, Any], data: Dataset, field: str, seed: i
     try:
         return build_model(arch, data.input_shape, data.num_classes, **kwargs)
     except (ValueError, RuntimeError) as exc:
-        raise InputError(field, f"cannot build {arch!r} for input {data.input_shape}: {exc}") from None
+        raise InputError(
+            field, f"cannot build {arch!r} for input {data.input_shape}: {exc}"
+        ) from None
 
 
 def build_student(spec: JobSpec, data: Dataset) -> nn.Module:
@@ -59,12 +61,7 @@ def build_student(spec: JobSpec, data: Dataset) -> nn.Module:
     model = _build(spec.student.arch, spec.student.kwargs, data, "student.kwargs", spec.train.seed)
     if spec.student.checkpoint:
         state = load_state_dict_file(spec.student.checkpoint, field="student.checkpoint")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                "student.checkpoint", f"weights do not fit {spec.student.arch}: {exc}"
-            ) from None
+        load_weights(model, state, "student.checkpoint", what=spec.student.arch)
     return model
 
 
@@ -77,22 +74,37 @@ def resolve_teacher(
         return load_teacher(t, data.input_shape, data.num_classes), []
     assert t.arch is not None and t.train is not None
     if data.n_labeled == 0:
-        raise InputError("teacher.train", "training a teacher needs labelled rows; the data has none")
+        raise InputError(
+            "teacher.train", "training a teacher needs labelled rows; the data has none"
+        )
     teacher = _build(t.arch, t.kwargs, data, "teacher.kwargs", t.train.seed)
     result = fit(
-        teacher, methods.build("ce"), data, t.train, stage="teacher",
-        augment=make_augment(spec.data.augment), callbacks=callbacks, checkpoints=checkpoints,
+        teacher,
+        methods.build("ce"),
+        data,
+        t.train,
+        stage="teacher",
+        augment=make_augment(spec.data.augment),
+        callbacks=callbacks,
+        checkpoints=checkpoints,
     )
     return freeze(teacher), [r.to_dict() for r in result.history]
 
 
 def _summary(model: nn.Module, data: Dataset, spec: JobSpec) -> dict[str, Any]:
     s = evaluate.summarize(
-        model, data.x_val, data.y_val,
-        latency_batch_size=spec.evaluate.latency_batch_size, runs=spec.evaluate.latency_runs,
+        model,
+        data.x_val,
+        data.y_val,
+        latency_batch_size=spec.evaluate.latency_batch_size,
+        runs=spec.evaluate.latency_runs,
     )
-    return {"accuracy": round(s.accuracy, 4), "params": s.params,
-            "size_bytes": s.size_bytes, "latency_ms": round(s.latency_ms, 4)}
+    return {
+        "accuracy": round(s.accuracy, 4),
+        "params": s.params,
+        "size_bytes": s.size_bytes,
+        "latency_ms": round(s.latency_ms, 4),
+    }
 
 
 def run(
@@ -118,8 +130,16 @@ def run(
     if spec.evaluate.baseline:
         with timer.stage("baseline"):
             scratch = build_student(spec, data)
-            res = fit(scratch, methods.build("ce"), data, spec.train, stage="baseline",
-                      augment=augment, callbacks=cb, checkpoints=checkpoints)
+            res = fit(
+                scratch,
+                methods.build("ce"),
+                data,
+                spec.train,
+                stage="baseline",
+                augment=augment,
+                callbacks=cb,
+                checkpoints=checkpoints,
+            )
             baseline = {
                 "accuracy": round(res.history[-1].student_accuracy, 4),
                 "best_accuracy": round(res.best_accuracy, 4),
@@ -129,8 +149,17 @@ def run(
     with timer.stage("distill"):
         student = build_student(spec, data)
         method = methods.build(spec.method.name, spec.method.model_extra)
-        result = fit(student, method, data, spec.train, stage="distill", teacher=teacher,
-                     augment=augment, callbacks=cb, checkpoints=checkpoints)
+        result = fit(
+            student,
+            method,
+            data,
+            spec.train,
+            stage="distill",
+            teacher=teacher,
+            augment=augment,
+            callbacks=cb,
+            checkpoints=checkpoints,
+        )
 
     with timer.stage("evaluate"):
         cb.on_stage_start("evaluate", 1, 2)
@@ -143,8 +172,11 @@ def run(
     with timer.stage("export"):
         cb.on_stage_start("export", 1, 1)
         config = {
-            "name": spec.name, "arch": spec.student.arch, "kwargs": spec.student.kwargs,
-            "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "name": spec.name,
+            "arch": spec.student.arch,
+            "kwargs": spec.student.kwargs,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
             "normalization": data.normalization,
         }
         artifacts = export_student(student, spec.export, out, data.x_val[:8], config)
@@ -155,19 +187,31 @@ def run(
     report: dict[str, Any] = {
         "name": spec.name,
         "method": {"name": spec.method.name, **spec.method.params().model_dump()},
-        "teacher": {"source": spec.teacher.source, "arch": spec.teacher.arch,
-                    **teacher_summary, "history": teacher_history},
-        "student": {"arch": spec.student.arch, **student_summary,
-                    "best_accuracy": round(result.best_accuracy, 4)},
+        "teacher": {
+            "source": spec.teacher.source,
+            "arch": spec.teacher.arch,
+            **teacher_summary,
+            "history": teacher_history,
+        },
+        "student": {
+            "arch": spec.student.arch,
+            **student_summary,
+            "best_accuracy": round(result.best_accuracy, 4),
+        },
         "baseline": baseline,
         "gap": round(gap, 4),
         "compression": round(teacher_summary["params"] / max(student_summary["params"], 1), 3),
         "gates": check_gates(spec.gates, teacher_summary["accuracy"], student_summary["accuracy"]),
         "artifacts": [a.to_dict() for a in artifacts],
         "history": [r.to_dict() for r in result.history],
-        "data": {"name": data.name, "input_shape": list(data.input_shape),
-                 "num_classes": data.num_classes, "n_train": len(data.x_train),
-                 "n_labeled": data.n_labeled, "n_val": len(data.x_val)},
+        "data": {
+            "name": data.name,
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+            "n_train": len(data.x_train),
+            "n_labeled": data.n_labeled,
+            "n_val": len(data.x_val),
+        },
         "teacher_cache": result.teacher_cache_used,
         "device": str(device),
         "timings": {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},

@@ -115,9 +115,7 @@ class AugmentSpec(Strict):
 
 
 class DataSpec(Strict):
-    source: str = Field(
-        ..., description="'digits', 'synthetic', or a file path (.npz, .pt, .csv)"
-    )
+    source: str = Field(..., description="'digits', 'synthetic', or a file path (.npz, .pt, .csv)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="used when the file has no val split")
     label_column: str = Field("label", description="CSV only: the column holding labels")
     labeled_fraction: float = Field(
@@ -195,8 +193,10 @@ def parse_spec(data: Any) -> JobSpec:
     errors: list[tuple[str, str]] = []
     if spec.method.name not in registry.names():
         errors.append(
-            ("method.name", f"{spec.method.name!r} is not a known method; "
-                            f"known: {', '.join(registry.names())}")
+            (
+                "method.name",
+                f"{spec.method.name!r} is not a known method; known: {', '.join(registry.names())}",
+            )
         )
     else:
         try:

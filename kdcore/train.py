@@ -33,7 +33,9 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device", "cuda was asked for but no GPU is visible; use auto or cpu")
+        raise InputError(
+            "train.device", "cuda was asked for but no GPU is visible; use auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -53,7 +55,9 @@ def make_scheduler(
     if spec.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     if spec.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=spec.step_size, gamma=spec.gamma
+        )
     return None
 
 
@@ -206,6 +210,7 @@ def fit(
             total += loss.item() * len(idx)
             seen += len(idx)
             cb.on_step(stage, epoch + 1, step + 1, loss.item())
+        train_seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
@@ -216,11 +221,23 @@ def fit(
             student_accuracy=accuracy(student, data.x_val, data.y_val, device=device),
             lr=lr,
             seconds=time.perf_counter() - started,
+            train_seconds=train_seconds,
         )
         result.history.append(record)
         if checkpoints is not None:
-            checkpoints.save(stage, _checkpoint(student, method, optimizer, scheduler, scaler,
-                                                generator, epoch + 1, result.history))
+            checkpoints.save(
+                stage,
+                _checkpoint(
+                    student,
+                    method,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    generator,
+                    epoch + 1,
+                    result.history,
+                ),
+            )
         cb.on_epoch_end(record)
     cb.on_stage_end(stage)
     return result
@@ -246,4 +263,3 @@ def _checkpoint(
         "epoch": epoch,
         "history": [r.to_dict() for r in history],
     }
-

@@ -56,8 +56,9 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     _require_images(x, "crop")
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator,
-                            device=generator.device).to(x.device)
+    offsets = torch.randint(
+        0, 2 * padding + 1, (2, n), generator=generator, device=generator.device
+    ).to(x.device)
     rows = (offsets[0].view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
     cols = (offsets[1].view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)

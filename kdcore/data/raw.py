@@ -37,19 +37,26 @@ def check_features(x: np.ndarray, what: str, field: str = "data.source") -> np.n
     if x.dtype == np.bool_:
         x = x.astype(np.float32)
     if not np.issubdtype(x.dtype, np.integer) and not np.issubdtype(x.dtype, np.floating):
-        raise DataError(field, f"{what} has dtype {x.dtype}; features must be numbers "
-                               "(float or int arrays)")
+        raise DataError(
+            field, f"{what} has dtype {x.dtype}; features must be numbers (float or int arrays)"
+        )
     if not 2 <= x.ndim <= 4:
-        raise DataError(field, f"{what} has shape {tuple(x.shape)}; expected (N, features), "
-                               "(N, C, L) or (N, C, H, W) with one row per example")
+        raise DataError(
+            field,
+            f"{what} has shape {tuple(x.shape)}; expected (N, features), "
+            "(N, C, L) or (N, C, H, W) with one row per example",
+        )
     if x.shape[0] == 0 or x.size == 0:
         raise DataError(field, f"{what} is empty (shape {tuple(x.shape)}); give at least one row")
     x = np.ascontiguousarray(x, dtype=np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise DataError(field, f"{what} holds {int(bad.sum())} NaN/inf value(s) (first in row "
-                               f"{row}); drop or impute those rows before uploading")
+        raise DataError(
+            field,
+            f"{what} holds {int(bad.sum())} NaN/inf value(s) (first in row "
+            f"{row}); drop or impute those rows before uploading",
+        )
     return x
 
 
@@ -60,11 +67,17 @@ def check_labels(
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(field, f"{what} has shape {tuple(y.shape)}; labels are one integer "
-                               "class index per row, shape (N,) (not one-hot)")
+        raise DataError(
+            field,
+            f"{what} has shape {tuple(y.shape)}; labels are one integer "
+            "class index per row, shape (N,) (not one-hot)",
+        )
     if len(y) != n:
-        raise DataError(field, f"{what} has {len(y)} labels but the features have {n} rows; "
-                               "give exactly one label per row")
+        raise DataError(
+            field,
+            f"{what} has {len(y)} labels but the features have {n} rows; "
+            "give exactly one label per row",
+        )
     if y.dtype == np.bool_:
         y = y.astype(np.int64)
     if np.issubdtype(y.dtype, np.floating):
@@ -79,10 +92,16 @@ def check_labels(
     if (y < low).any():
         bad = int(y[y < low][0])
         if bad == UNLABELED:
-            raise DataError(field, f"{what} holds -1 (unlabeled) entries, but validation rows "
-                                   "must all be labelled: accuracy is measured on them")
+            raise DataError(
+                field,
+                f"{what} holds -1 (unlabeled) entries, but validation rows "
+                "must all be labelled: accuracy is measured on them",
+            )
         raise DataError(field, f"{what} holds the label {bad}; {fix}")
     if (y >= MAX_CLASSES).any():
-        raise DataError(field, f"{what} holds the label {int(y.max())}, which would mean "
-                               f"over {MAX_CLASSES} classes; {fix}")
+        raise DataError(
+            field,
+            f"{what} holds the label {int(y.max())}, which would mean "
+            f"over {MAX_CLASSES} classes; {fix}",
+        )
     return y

@@ -47,12 +47,18 @@ def read_source(spec: DataSpec) -> RawData:
     }
     loader = loaders.get(path.suffix.lower())
     if loader is None:
-        raise DataError("data.source", f"{source!r} is neither a built-in set "
-                                       f"({', '.join(BUILTIN)}) nor a file of a known type "
-                                       f"({', '.join(FILE_TYPES)}); give one of those")
+        raise DataError(
+            "data.source",
+            f"{source!r} is neither a built-in set "
+            f"({', '.join(BUILTIN)}) nor a file of a known type "
+            f"({', '.join(FILE_TYPES)}); give one of those",
+        )
     if not path.is_file():
-        raise DataError("data.source", f"file not found: {path}; check the path (a relative "
-                                       "path resolves from the spec file's folder)")
+        raise DataError(
+            "data.source",
+            f"file not found: {path}; check the path (a relative "
+            "path resolves from the spec file's folder)",
+        )
     return loader(path)
 
 
@@ -66,14 +72,20 @@ def prepare(raw: RawData, spec: DataSpec) -> Dataset:
     if x_val is None or y_val is None:
         x_train, y_train, x_val, y_val = _split_val(x_train, y_train, raw, spec)
     elif tuple(x_val.shape[1:]) != input_shape:
-        raise DataError("data.source", f"{raw.name}: x_val rows have shape "
-                                       f"{tuple(x_val.shape[1:])} but x_train rows have "
-                                       f"{input_shape}; both splits need the same row shape")
+        raise DataError(
+            "data.source",
+            f"{raw.name}: x_val rows have shape "
+            f"{tuple(x_val.shape[1:])} but x_train rows have "
+            f"{input_shape}; both splits need the same row shape",
+        )
 
     num_classes = raw.num_classes or int(max(y_train.max(initial=-1), y_val.max())) + 1
     if num_classes < 2:
-        raise DataError(raw.field, f"{raw.name}: every label is 0, so there is one class; "
-                                   "classification needs at least two")
+        raise DataError(
+            raw.field,
+            f"{raw.name}: every label is 0, so there is one class; "
+            "classification needs at least two",
+        )
 
     if spec.labeled_fraction < 1:
         y_train = _mask_labels(y_train, spec.labeled_fraction, spec.seed)
@@ -100,9 +112,12 @@ def check_augment(spec: AugmentSpec, input_shape: tuple[int, ...]) -> None:
         return
     for field, on in (("hflip", spec.hflip), ("crop_padding", spec.crop_padding > 0)):
         if on:
-            raise DataError(f"data.augment.{field}", f"{field} applies to images (C, H, W) only "
-                                                     f"but rows here have shape {input_shape}; "
-                                                     "turn it off (noise_std works on any data)")
+            raise DataError(
+                f"data.augment.{field}",
+                f"{field} applies to images (C, H, W) only "
+                f"but rows here have shape {input_shape}; "
+                "turn it off (noise_std works on any data)",
+            )
 
 
 def stratified_pick(labels: np.ndarray, n_pick: int, rng: np.random.Generator) -> np.ndarray:
@@ -125,14 +140,20 @@ def _split_val(
     """Move `val_fraction` of the labelled rows to validation; unlabeled rows stay in train."""
     labeled = np.flatnonzero(y >= 0)
     if len(labeled) == 0:
-        raise DataError(raw.field, f"{raw.name} has no labels, and accuracy needs a labelled "
-                                   "validation split: give x_val and y_val (or label some rows "
-                                   "so that validation can be split off them)")
+        raise DataError(
+            raw.field,
+            f"{raw.name} has no labels, and accuracy needs a labelled "
+            "validation split: give x_val and y_val (or label some rows "
+            "so that validation can be split off them)",
+        )
     n_val = max(1, round(spec.val_fraction * len(labeled)))
     if n_val >= len(x):
-        raise DataError("data.val_fraction", f"{raw.name} has {len(x)} rows, too few to keep "
-                                             f"any for training after a {spec.val_fraction} "
-                                             "validation split; add rows or give x_val/y_val")
+        raise DataError(
+            "data.val_fraction",
+            f"{raw.name} has {len(x)} rows, too few to keep "
+            f"any for training after a {spec.val_fraction} "
+            "validation split; add rows or give x_val/y_val",
+        )
     rng = np.random.default_rng([spec.seed, 0])
     val = labeled[stratified_pick(y[labeled], n_val, rng)]
     train = np.setdiff1d(np.arange(len(x)), val, assume_unique=True)

@@ -123,8 +123,12 @@ def test_synthetic_noise_controls_difficulty() -> None:
 def test_npz_with_val_split(tmp_path: Path) -> None:
     x, y = blobs(40)
     xv, yv = blobs(12, seed=1)
-    d = load_data(spec(write_npz(tmp_path / "set.npz", x_train=x, y_train=y, x_val=xv, y_val=yv),
-                       normalize=False))
+    d = load_data(
+        spec(
+            write_npz(tmp_path / "set.npz", x_train=x, y_train=y, x_val=xv, y_val=yv),
+            normalize=False,
+        )
+    )
     assert torch.equal(d.x_train, torch.from_numpy(x)) and torch.equal(d.y_val, torch.tensor(yv))
     assert d.num_classes == 3 and d.input_shape == (4,) and d.name == "set"
 
@@ -155,8 +159,15 @@ def test_pt_file(tmp_path: Path) -> None:
     x, y = blobs(30)
     xv, yv = blobs(9, seed=2)
     path = tmp_path / "set.pt"
-    torch.save({"x_train": torch.from_numpy(x).half(), "y_train": torch.from_numpy(y),
-                "x_val": torch.from_numpy(xv), "y_val": torch.from_numpy(yv)}, path)
+    torch.save(
+        {
+            "x_train": torch.from_numpy(x).half(),
+            "y_train": torch.from_numpy(y),
+            "x_val": torch.from_numpy(xv),
+            "y_val": torch.from_numpy(yv),
+        },
+        path,
+    )
     d = load_data(spec(path, normalize=False))
     assert d.x_train.dtype == torch.float32 and len(d.x_val) == 9
     assert torch.allclose(d.x_train, torch.from_numpy(x), atol=1e-2)
@@ -182,8 +193,14 @@ def test_partly_labelled_train_splits_val_from_labelled_rows(tmp_path: Path) -> 
 
 def test_csv(tmp_path: Path) -> None:
     rows = ["a,b,target,c"] + [f"{i},{i * 0.5},{i % 2},{-i}" for i in range(20)]
-    d = load_data(spec(write_csv(tmp_path / "t.csv", "\n".join(rows) + "\n"),
-                       label_column="target", normalize=False, val_fraction=0.25))
+    d = load_data(
+        spec(
+            write_csv(tmp_path / "t.csv", "\n".join(rows) + "\n"),
+            label_column="target",
+            normalize=False,
+            val_fraction=0.25,
+        )
+    )
     assert d.input_shape == (3,) and d.num_classes == 2
     assert (len(d.x_train), len(d.x_val)) == (15, 5)
     full = torch.cat([d.x_train, d.x_val])
@@ -347,21 +364,47 @@ def _bad(tmp_path: Path, case: str) -> tuple[DataSpec, str]:
     elif case == "hflip_on_flat":
         return synth({"augment": AugmentSpec(hflip=True)}), "data.augment.hflip"
     elif case == "crop_on_sequence":
-        return synth({"augment": AugmentSpec(crop_padding=2)}, input_shape=[2, 8]), \
-            "data.augment.crop_padding"
+        return synth(
+            {"augment": AugmentSpec(crop_padding=2)}, input_shape=[2, 8]
+        ), "data.augment.crop_padding"
     else:
         raise AssertionError(case)
     return spec(p), "data.source"
 
 
 ERROR_CASES = [
-    "missing_file", "unknown_extension", "unknown_name", "not_an_archive", "missing_x_train",
-    "unknown_key", "non_integer_labels", "string_labels", "nan_features", "inf_features",
-    "length_mismatch", "val_length_mismatch", "no_labels_no_val", "all_unlabeled_no_val",
-    "x_val_without_y_val", "y_val_without_x_val", "unlabeled_val", "negative_label",
-    "one_class", "val_shape_mismatch", "one_dim_features", "object_array", "pickled_pt",
-    "pt_not_a_dict", "csv_missing_label_column", "csv_text_feature", "csv_text_label",
-    "csv_fractional_label", "csv_ragged", "csv_empty", "hflip_on_flat", "crop_on_sequence",
+    "missing_file",
+    "unknown_extension",
+    "unknown_name",
+    "not_an_archive",
+    "missing_x_train",
+    "unknown_key",
+    "non_integer_labels",
+    "string_labels",
+    "nan_features",
+    "inf_features",
+    "length_mismatch",
+    "val_length_mismatch",
+    "no_labels_no_val",
+    "all_unlabeled_no_val",
+    "x_val_without_y_val",
+    "y_val_without_x_val",
+    "unlabeled_val",
+    "negative_label",
+    "one_class",
+    "val_shape_mismatch",
+    "one_dim_features",
+    "object_array",
+    "pickled_pt",
+    "pt_not_a_dict",
+    "csv_missing_label_column",
+    "csv_text_feature",
+    "csv_text_label",
+    "csv_fractional_label",
+    "csv_ragged",
+    "csv_empty",
+    "hflip_on_flat",
+    "crop_on_sequence",
 ]
 
 
@@ -399,8 +442,13 @@ def test_augment_inactive_is_none() -> None:
 
 
 @pytest.mark.parametrize(
-    "aug", [AugmentSpec(noise_std=0.1), AugmentSpec(hflip=True), AugmentSpec(crop_padding=2),
-            AugmentSpec(noise_std=0.1, hflip=True, crop_padding=1)],
+    "aug",
+    [
+        AugmentSpec(noise_std=0.1),
+        AugmentSpec(hflip=True),
+        AugmentSpec(crop_padding=2),
+        AugmentSpec(noise_std=0.1, hflip=True, crop_padding=1),
+    ],
 )
 def test_augment_shape_and_determinism(aug: AugmentSpec) -> None:
     fn = make_augment(aug)
@@ -432,7 +480,7 @@ def test_crop_is_a_window_of_the_padded_image() -> None:
     out = random_crop(x, 1, _gen(5))
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     for o, p in zip(out, padded, strict=True):
-        windows = [p[:, i:i + 3, j:j + 3] for i in range(3) for j in range(3)]
+        windows = [p[:, i : i + 3, j : j + 3] for i in range(3) for j in range(3)]
         assert any(torch.equal(o, w) for w in windows)
     assert not all(torch.equal(o, xi) for o, xi in zip(out, x, strict=True))
 

@@ -94,8 +94,9 @@ def test_load_yaml_and_json_resolve_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps(d))
     spec = load_spec(tmp_path / "s.json")
     assert spec.teacher.onnx == str(tmp_path / "t.onnx")
-    (tmp_path / "s.yaml").write_text("name: y\nteacher: {onnx: t.onnx}\nstudent: {arch: mlp}\n"
-                                     "data: {source: digits}\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: y\nteacher: {onnx: t.onnx}\nstudent: {arch: mlp}\ndata: {source: digits}\n"
+    )
     assert load_spec(tmp_path / "s.yaml").name == "y"
 
 

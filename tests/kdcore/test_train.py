@@ -39,7 +39,10 @@ def noise(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 SPEC = TrainSpec(
-    epochs=4, batch_size=16, seed=3, device="cpu",
+    epochs=4,
+    batch_size=16,
+    seed=3,
+    device="cpu",
     optimizer={"name": "sgd", "lr": 0.1, "weight_decay": 1e-4},
     scheduler={"name": "cosine"},
 )
@@ -79,18 +82,42 @@ class CrashAfter(Callbacks):
 @pytest.mark.parametrize("augment", [None, noise])
 def test_resume_equals_uninterrupted(tmp_path: Path, augment) -> None:
     whole = student()
-    full = fit(whole, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(),
-               augment=augment)
+    full = fit(
+        whole,
+        registry.build("kd"),
+        tiny_data(),
+        SPEC,
+        stage="d",
+        teacher=teacher(),
+        augment=augment,
+    )
 
     ckpt = FolderCheckpoints(tmp_path)
     with pytest.raises(Crash):
-        fit(student(), registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(),
-            augment=augment, callbacks=CrashAfter(2), checkpoints=ckpt)
+        fit(
+            student(),
+            registry.build("kd"),
+            tiny_data(),
+            SPEC,
+            stage="d",
+            teacher=teacher(),
+            augment=augment,
+            callbacks=CrashAfter(2),
+            checkpoints=ckpt,
+        )
     assert ckpt.path("d").exists()
     # A new process: fresh (even differently initialised) model, same spec and checkpoints.
     resumed = student(seed=99)
-    res = fit(resumed, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(),
-              augment=augment, checkpoints=ckpt)
+    res = fit(
+        resumed,
+        registry.build("kd"),
+        tiny_data(),
+        SPEC,
+        stage="d",
+        teacher=teacher(),
+        augment=augment,
+        checkpoints=ckpt,
+    )
     assert res.resumed_from_epoch == 2
     assert [r.train_loss for r in res.history] == [r.train_loss for r in full.history]
     assert_same_weights(whole, resumed)
@@ -109,8 +136,15 @@ def test_finished_stage_is_not_retrained(tmp_path: Path) -> None:
 def test_teacher_cache_gives_the_same_training() -> None:
     cached, live = student(), student()
     a = fit(cached, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher())
-    b = fit(live, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(),
-            cache_teacher=False)
+    b = fit(
+        live,
+        registry.build("kd"),
+        tiny_data(),
+        SPEC,
+        stage="d",
+        teacher=teacher(),
+        cache_teacher=False,
+    )
     assert a.teacher_cache_used and not b.teacher_cache_used
     for ra, rb in zip(a.history, b.history, strict=True):
         assert ra.train_loss == pytest.approx(rb.train_loss, rel=1e-6, abs=1e-7)
@@ -119,16 +153,30 @@ def test_teacher_cache_gives_the_same_training() -> None:
 
 
 def test_augmentation_disables_cache() -> None:
-    res = fit(student(), registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(),
-              augment=noise)
+    res = fit(
+        student(),
+        registry.build("kd"),
+        tiny_data(),
+        SPEC,
+        stage="d",
+        teacher=teacher(),
+        augment=noise,
+    )
     assert not res.teacher_cache_used
 
 
 def test_teacher_stays_frozen() -> None:
     t = teacher()
     before = weights(t)
-    fit(student(), registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=t,
-        cache_teacher=False)
+    fit(
+        student(),
+        registry.build("kd"),
+        tiny_data(),
+        SPEC,
+        stage="d",
+        teacher=t,
+        cache_teacher=False,
+    )
     assert not t.training
     assert all(not p.requires_grad and p.grad is None for p in t.parameters())
     for k, v in weights(t).items():
@@ -163,9 +211,13 @@ def test_cancel_stops_at_a_batch_boundary() -> None:
 @pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("sched", ["none", "cosine", "step"])
 def test_optimizers_and_schedules_run(opt: str, sched: str) -> None:
-    spec = TrainSpec(epochs=2, batch_size=32, device="cpu",
-                     optimizer={"name": opt, "lr": 0.01, "weight_decay": 0.01},
-                     scheduler={"name": sched, "step_size": 1, "gamma": 0.5})
+    spec = TrainSpec(
+        epochs=2,
+        batch_size=32,
+        device="cpu",
+        optimizer={"name": opt, "lr": 0.01, "weight_decay": 0.01},
+        scheduler={"name": sched, "step_size": 1, "gamma": 0.5},
+    )
     res = fit(student(), registry.build("ce"), tiny_data(), spec, stage="s")
     if sched == "step":
         assert res.history[1].lr == pytest.approx(0.005)

@@ -1,0 +1,5 @@
+"""The architecture zoo; importing a module runs its `@register` lines."""
+
+from kdcore.models.zoo import convnets, mlp, resnet, vit, wrn
+
+__all__ = ["convnets", "mlp", "resnet", "vit", "wrn"]
