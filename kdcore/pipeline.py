@@ -3,6 +3,8 @@ export → gates. The CLI and the worker both call `run`; only their callbacks d
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from kdcore import evaluate
@@ -46,6 +49,13 @@ class Timer:
             self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
+def fingerprint(*parts: BaseModel) -> str:
+    """A digest of the spec sections that shape a stage: its checkpoint is reused only by a run
+    with the same sections (a changed student does not retrain an unchanged teacher)."""
+    blob = json.dumps([p.model_dump(mode="json") for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _build(arch: str, kwargs: dict[str, Any], data: Dataset, field: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     try:
@@ -73,6 +83,8 @@ def resolve_teacher(
     if t.source != "train":
         return load_teacher(t, data.input_shape, data.num_classes), []
     assert t.arch is not None and t.train is not None
+    if data.y_train_all is not None:
+        data = dataclasses.replace(data, y_train=data.y_train_all)
     if data.n_labeled == 0:
         raise InputError(
             "teacher.train", "training a teacher needs labelled rows; the data has none"
@@ -87,6 +99,7 @@ def resolve_teacher(
         augment=make_augment(spec.data.augment),
         callbacks=callbacks,
         checkpoints=checkpoints,
+        fingerprint=fingerprint(spec.teacher, spec.data),
     )
     return freeze(teacher), [r.to_dict() for r in result.history]
 
@@ -139,6 +152,7 @@ def run(
                 augment=augment,
                 callbacks=cb,
                 checkpoints=checkpoints,
+                fingerprint=fingerprint(spec.student, spec.data, spec.train),
             )
             baseline = {
                 "accuracy": round(res.history[-1].student_accuracy, 4),
@@ -159,6 +173,7 @@ def run(
             augment=augment,
             callbacks=cb,
             checkpoints=checkpoints,
+            fingerprint=fingerprint(spec.student, spec.data, spec.train, spec.method, spec.teacher),
         )
 
     with timer.stage("evaluate"):

@@ -141,8 +141,13 @@ def fit(
     callbacks: Callbacks | None = None,
     checkpoints: CheckpointStore | None = None,
     cache_teacher: bool = True,
+    fingerprint: str = "",
 ) -> FitResult:
-    """Train `student` with `method` (and a frozen `teacher`, when the method needs one)."""
+    """Train `student` with `method` (and a frozen `teacher`, when the method needs one).
+
+    A checkpoint of `stage` is resumed only when its `fingerprint` (a digest of the settings that
+    shape this stage) matches; a stale one from another job is ignored and overwritten.
+    """
     cb = callbacks or Callbacks()
     device = select_device(train.device)
     student.to(device)
@@ -166,7 +171,7 @@ def fit(
 
     result = FitResult()
     saved = checkpoints.load(stage) if checkpoints else None
-    if saved is not None:
+    if saved is not None and saved.get("fingerprint", "") == fingerprint:
         student.load_state_dict(saved["student"])
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -236,6 +241,7 @@ def fit(
                     generator,
                     epoch + 1,
                     result.history,
+                    fingerprint,
                 ),
             )
         cb.on_epoch_end(record)
@@ -252,8 +258,10 @@ def _checkpoint(
     generator: torch.Generator,
     epoch: int,
     history: list[EpochRecord],
+    fingerprint: str,
 ) -> dict[str, Any]:
     return {
+        "fingerprint": fingerprint,
         "student": student.state_dict(),
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -39,6 +39,10 @@ class Dataset:
     input_shape: tuple[int, ...]
     normalization: dict[str, list[float]] | None
     name: str
+    # Training labels before `labeled_fraction` hid some from the student (None when it hid
+    # none). A teacher trained in the job learns from these: it stands for a teacher trained on
+    # the fully labelled set, while the student sees only the kept labels.
+    y_train_all: Tensor | None = None
 
     @property
     def labeled_mask(self) -> Tensor:

@@ -87,7 +87,9 @@ def prepare(raw: RawData, spec: DataSpec) -> Dataset:
             "classification needs at least two",
         )
 
+    y_train_all = None
     if spec.labeled_fraction < 1:
+        y_train_all = y_train
         y_train = _mask_labels(y_train, spec.labeled_fraction, spec.seed)
 
     normalization = None
@@ -103,6 +105,9 @@ def prepare(raw: RawData, spec: DataSpec) -> Dataset:
         input_shape=input_shape,
         normalization=normalization,
         name=raw.name,
+        y_train_all=None
+        if y_train_all is None
+        else torch.from_numpy(np.ascontiguousarray(y_train_all, dtype=np.int64)),
     )
 
 

@@ -229,6 +229,9 @@ def test_labeled_fraction(digits: Dataset) -> None:
     again = load_data(spec("digits", normalize=False, labeled_fraction=0.1))
     other = load_data(spec("digits", normalize=False, labeled_fraction=0.1, seed=5))
     assert torch.equal(again.y_train, d.y_train) and not torch.equal(other.y_val, d.y_val)
+    # the hidden labels are kept aside for a teacher trained in the job
+    assert d.y_train_all is not None and torch.equal(d.y_train_all, digits.y_train)
+    assert digits.y_train_all is None
 
 
 def test_stratified_pick_exact_count() -> None:
