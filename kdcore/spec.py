@@ -49,6 +49,9 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision; only ever used on CUDA")
     grad_clip: float | None = Field(None, gt=0)
+    max_runtime_s: int = Field(
+        6 * 3600, ge=10, description="the service stops a job that runs longer (soft time limit)"
+    )
 
 
 class TeacherTrainSpec(TrainSpec):
@@ -231,11 +234,39 @@ def load_spec(path: str | Path) -> JobSpec:
     return resolve_paths(parse_spec(data), path.parent)
 
 
+UPLOAD_PREFIX = "upload:"
+
+
+def file_references(spec: JobSpec) -> list[tuple[str, str, str]]:
+    """Every file the spec names: (field path, value, kind) with kind "model" or "dataset".
+
+    A value may be a path or `upload:<id>`, a file uploaded to the service beforehand.
+    """
+    refs = [
+        ("teacher.checkpoint", spec.teacher.checkpoint, "model"),
+        ("teacher.torchscript", spec.teacher.torchscript, "model"),
+        ("teacher.onnx", spec.teacher.onnx, "model"),
+        ("student.checkpoint", spec.student.checkpoint, "model"),
+    ]
+    if spec.data.source not in ("digits", "synthetic"):
+        refs.append(("data.source", spec.data.source, "dataset"))
+    return [(loc, value, kind) for loc, value, kind in refs if value]
+
+
+def with_files(spec: JobSpec, replace: dict[str, str]) -> JobSpec:
+    """A copy of `spec` whose file fields (by path, as in `file_references`) are replaced."""
+    data = spec.model_dump()
+    for loc, value in replace.items():
+        section, key = loc.split(".")
+        data[section][key] = value
+    return JobSpec.model_validate(data)
+
+
 def resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     """Make file references relative to the spec's folder absolute."""
 
     def fix(p: str | None) -> str | None:
-        if p is None or Path(p).is_absolute():
+        if p is None or p.startswith(UPLOAD_PREFIX) or Path(p).is_absolute():
             return p
         candidate = base / p
         return str(candidate) if candidate.exists() or not Path(p).exists() else p

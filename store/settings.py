@@ -1,0 +1,56 @@
+"""Service settings from `DISTILLERY_*` environment variables (pydantic-settings).
+
+The defaults are the embedded mode: SQLite and blobs under ./distillery-data/, and a Celery
+transport on the local filesystem, so `distill serve` needs no server installed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", extra="ignore")
+
+    data_dir: Path = Field(Path("distillery-data"), description="embedded-mode root folder")
+    database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir")
+    broker_url: str = Field("", description="Celery broker; default a filesystem transport")
+    blob_dir: Path | None = Field(None, description="default data_dir/blobs")
+    max_upload_bytes: int = Field(2 * 1024**3, description="larger uploads are refused (413)")
+    lease_seconds: float = Field(60.0, description="a running job whose lease expires is lost")
+    heartbeat_seconds: float = Field(5.0, description="how often a worker renews its lease")
+    reconcile_seconds: float = Field(30.0, description="how often the reconciler runs")
+    requeue_after_seconds: float = Field(
+        60.0, description="a queued job with no broker message for this long is re-enqueued"
+    )
+    max_job_runtime_s: int = Field(
+        24 * 3600, description="upper bound of train.max_runtime_s; sets the visibility timeout"
+    )
+    queue: str = Field("distillery", description="Celery queue the jobs go to")
+    max_attempts: int = Field(3, ge=1, description="a job lost this many times fails for good")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'distillery.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the filesystem transport keeps its messages (embedded mode only)."""
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
