@@ -82,6 +82,20 @@ def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")) -> None:
 
 
 @app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    data_dir: Path = typer.Option(
+        Path("distillery-data"), help="embedded-mode folder: SQLite, blobs, broker"
+    ),
+) -> None:
+    """Run the service locally: the API, one worker and the reconciler, with one command."""
+    from client.serve import serve as run_service
+
+    run_service(host, port, data_dir, err)
+
+
+@app.command()
 def zoo() -> None:
     """List the built-in architectures and distillation methods."""
     from kdcore.methods import registry as methods

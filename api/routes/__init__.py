@@ -1,0 +1,1 @@
+"""One router per idea: jobs, events, metrics, artifacts, uploads, health."""

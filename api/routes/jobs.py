@@ -1,0 +1,171 @@
+"""Jobs: submit, list, inspect, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from api.deps import AppSettings, CeleryApp, DbSession, Owner, load_job, upload_owner
+from api.dispatch import send
+from api.errors import ApiError, FieldErrors
+from api.schemas import (
+    ConflictOut,
+    ErrorOut,
+    JobDetail,
+    JobPage,
+    JobSummary,
+    ValidationErrorOut,
+)
+from api.submission import check_spec
+from store.jobs import create_job, list_jobs, request_cancel, retry
+from store.models import JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "no such job"}
+}
+
+
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; files go through /v1/uploads
+
+
+def _spec_too_large() -> ApiError:
+    return ApiError(
+        413,
+        f"a job spec is at most {MAX_SPEC_BYTES} bytes; send files with POST /v1/uploads",
+        "too_large",
+    )
+
+
+async def json_body(request: Request) -> Any:
+    """The raw JSON body: the spec is validated by `parse_spec`, not by FastAPI, so its errors
+    name spec fields (`method.name`) the same way `distill validate` does."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_SPEC_BYTES:
+        raise _spec_too_large()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw.extend(chunk)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise _spec_too_large()
+    if not raw.strip():
+        raise FieldErrors([("(root)", "the request body is empty; send the job spec as JSON")])
+    try:
+        return json.loads(bytes(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FieldErrors([("(root)", f"the body is not valid JSON: {exc}")]) from None
+
+
+SPEC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the job spec (the same document `distill run` takes, as JSON)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobDetail,
+    summary="Submit a job",
+    openapi_extra=SPEC_BODY,
+    responses={
+        422: {
+            "model": ValidationErrorOut,
+            "description": "the spec is invalid, names a local path or a missing upload, "
+            "or asks for more runtime than allowed",
+        }
+    },
+)
+def submit_job(
+    payload: Annotated[Any, Depends(json_body)],
+    session: DbSession,
+    owner: Owner,
+    settings: AppSettings,
+    celery: CeleryApp,
+) -> JobDetail:
+    """Validate the spec, store the job as `queued` and hand its id to the workers.
+
+    Files are referenced as `upload:<id>` (see `POST /v1/uploads`); server-side paths are
+    refused. If the broker is unreachable the job is still created (201) and stays queued; an
+    event of kind `broker` says so, and the service enqueues it again once the broker is back.
+    """
+    spec = check_spec(payload, session, upload_owner(owner), settings)
+    job = create_job(session, spec, owner=owner)
+    session.commit()
+    send(session, job, celery, settings)
+    return JobDetail.of(job)
+
+
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs",
+    responses={422: {"model": ValidationErrorOut, "description": "bad status or cursor"}},
+)
+def get_jobs(
+    session: DbSession,
+    owner: Owner,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+    name: Annotated[str | None, Query(description="only jobs with exactly this name")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` from the previous page")] = None,
+) -> JobPage:
+    """Newest first. Page with `cursor`: the listing is keyed on (created_at, id), so jobs
+    submitted while you page never shift or repeat what you have seen."""
+    try:
+        jobs, next_cursor = list_jobs(
+            session, status=status, name=name, owner=owner, limit=limit, cursor=cursor
+        )
+    except ValueError as exc:
+        raise FieldErrors([("query.cursor", str(exc))]) from None
+    return JobPage(
+        items=[JobSummary.model_validate(j) for j in jobs],
+        next_cursor=next_cursor,
+    )
+
+
+@router.get("/{job_id}", response_model=JobDetail, summary="Get a job", responses=NOT_FOUND)
+def get_job(job_id: str, session: DbSession, owner: Owner) -> JobDetail:
+    """State, progress, stage and epoch, attempts, timestamps, the error if it failed, and once
+    it succeeded its evaluation (accuracy gap, sizes, latency) and artifacts."""
+    return JobDetail.of(load_job(session, job_id, owner))
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobDetail, summary="Cancel a job", responses=NOT_FOUND
+)
+def cancel_job(job_id: str, session: DbSession, owner: Owner) -> JobDetail:
+    """A queued job is cancelled at once; a running one moves to `cancelling` and stops at the
+    next batch. A finished job is returned unchanged (cancel is idempotent)."""
+    job = load_job(session, job_id, owner, lock=True)
+    request_cancel(session, job)
+    session.commit()
+    return JobDetail.of(job)
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobDetail,
+    summary="Retry a failed or cancelled job",
+    responses={
+        **NOT_FOUND,
+        409: {"model": ConflictOut, "description": "the job is not failed or cancelled"},
+    },
+)
+def retry_job(
+    job_id: str, session: DbSession, owner: Owner, settings: AppSettings, celery: CeleryApp
+) -> JobDetail:
+    """Put a failed or cancelled job back in the queue as a new attempt (`attempts` goes up when
+    a worker picks it up; it resumes from its last checkpoint). Any other state is a 409 that
+    names the current state."""
+    job = load_job(session, job_id, owner, lock=True)
+    retry(session, job)
+    session.commit()
+    send(session, job, celery, settings)
+    return JobDetail.of(job)

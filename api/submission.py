@@ -1,0 +1,88 @@
+"""Checks a spec must pass before it becomes a job, beyond what `parse_spec` checks.
+
+A spec sent over HTTP runs on a server that must not read its own files on a client's say-so,
+so every file field must name an upload (`upload:<id>`) that exists, belongs to the caller and
+has the right kind. The runtime a spec asks for is capped by the service's settings (it sets the
+broker's visibility timeout, so a longer job would be delivered twice).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.errors import FieldErrors
+from kdcore.spec import UPLOAD_PREFIX, JobSpec, file_references, parse_spec
+from store.models import Upload
+from store.settings import Settings
+
+
+def check_spec(data: Any, session: Session, owner: str, settings: Settings) -> JobSpec:
+    """Parse and check a submitted spec; raise `SpecError`/`FieldErrors` naming each field."""
+    if not isinstance(data, dict):
+        raise FieldErrors(
+            [("(root)", "a job spec is a JSON object with name, teacher, student, data, ...")],
+            code="invalid_spec",
+        )
+    spec = parse_spec(data)
+    errors = upload_errors(spec, session, owner)
+    if spec.train.max_runtime_s > settings.max_job_runtime_s:
+        errors.append(
+            (
+                "train.max_runtime_s",
+                f"{spec.train.max_runtime_s} s is above this service's limit of "
+                f"{settings.max_job_runtime_s} s; ask for at most that",
+            )
+        )
+    if errors:
+        raise FieldErrors(errors, code="invalid_spec")
+    return spec
+
+
+def upload_errors(spec: JobSpec, session: Session, owner: str) -> list[tuple[str, str]]:
+    errors = []
+    for loc, value, kind in file_references(spec):
+        if not value.startswith(UPLOAD_PREFIX):
+            errors.append(
+                (
+                    loc,
+                    f"{value!r} is a local path; a spec sent to the service must name an "
+                    f"uploaded file: POST /v1/uploads (kind={kind}), then use upload:<id>",
+                )
+            )
+            continue
+        upload_id = value[len(UPLOAD_PREFIX) :]
+        upload = session.get(Upload, upload_id) if upload_id else None
+        if upload is None or upload.owner != owner:
+            errors.append(
+                (loc, f"upload {upload_id!r} does not exist; POST /v1/uploads (kind={kind}) first")
+            )
+        elif upload.kind != kind:
+            errors.append(
+                (
+                    loc,
+                    f"upload {upload_id!r} ({upload.filename}) is a {upload.kind}, but this field "
+                    f"needs a {kind}; upload the file with kind={kind}",
+                )
+            )
+        elif kind == "dataset":
+            problem = _dataset_type_problem(upload)
+            if problem:
+                errors.append((loc, problem))
+    return errors
+
+
+def _dataset_type_problem(upload: Upload) -> str | None:
+    """The data loader picks its reader by file suffix; catch a wrong one now, not in the
+    worker an hour later."""
+    from kdcore.data.sources import FILE_TYPES
+
+    suffix = PurePosixPath(upload.filename).suffix.lower()
+    if suffix in FILE_TYPES:
+        return None
+    return (
+        f"upload {upload.id!r} is named {upload.filename!r}; a dataset must be one of "
+        f"{', '.join(FILE_TYPES)}; upload it again under such a name"
+    )
