@@ -144,6 +144,7 @@ def retry(s: Session, job: Job) -> Job:
         error_message=None,
         finished_at=None,
         progress=0.0,
+        attempt_floor=job.attempts,
     )
     return job
 
@@ -166,6 +167,7 @@ class Claim:
     job_id: str
     attempt: int
     worker: str
+    since_retry: int = 1  # attempts since the job was queued by its user (1 on the first run)
 
 
 def claim(s: Session, job_id: str, worker: str, lease_s: float) -> Claim | None:
@@ -188,11 +190,12 @@ def claim(s: Session, job_id: str, worker: str, lease_s: float) -> Claim | None:
             started_at=now,
             updated_at=now,
         )
-        .returning(Job.attempts)
+        .returning(Job.attempts, Job.attempt_floor)
     )
-    attempt = result.scalar_one_or_none()
-    if attempt is None:
+    row = result.one_or_none()
+    if row is None:
         return None
+    attempt, floor = row
     add_event(
         s,
         job_id,
@@ -201,7 +204,7 @@ def claim(s: Session, job_id: str, worker: str, lease_s: float) -> Claim | None:
         status=JobStatus.running,
         data={"attempt": attempt, "worker": worker},
     )
-    return Claim(job_id, attempt, worker)
+    return Claim(job_id, attempt, worker, since_retry=attempt - floor)
 
 
 def _fenced(c: Claim) -> Any:

@@ -94,6 +94,9 @@ class Job(Base):
     spec: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # attempts already used when a user last retried the job: `max_attempts` limits the attempts
+    # since then (workers lost in a row), not a job's whole history
+    attempt_floor: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str | None] = mapped_column(String(32))
     current_epoch: Mapped[int | None] = mapped_column(Integer)

@@ -4,6 +4,16 @@ Delivery is at least once and the database decides what runs (see store/jobs.py)
 settings favour never losing a message over never repeating one: late acks, a message given
 back when its worker process dies, one message prefetched at a time, a fresh child process per
 job (nothing, CUDA included, leaks from one job into the next).
+
+One worker process per GPU, each seeing only its device, one job at a time:
+
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -Q distillery -c 1 --hostname gpu0@%h
+
+The main process must never initialise CUDA (a forked child cannot use a CUDA context made
+before the fork): nothing under worker/ touches torch.cuda at import time, and worker.tasks
+imports torch and kdcore only inside the task body, in the child. The reconciler runs as
+`python -m worker.reconcile_loop`; `celery -A worker.app beat` schedules the same pass as a
+task instead (on the job queue, so it waits behind running jobs).
 """
 
 from __future__ import annotations
@@ -28,12 +38,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if broker.startswith("filesystem"):
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport.update(
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
             processed_folder=str(folder / "processed"),
+            # the exchange table; kombu's default is ./control in whatever folder the worker
+            # was started from
+            control_folder=str(folder / "control"),
             store_processed=False,
         )
     return {
@@ -74,7 +87,15 @@ def task_time_limits(max_runtime_s: int) -> dict[str, int]:
 
 
 def enqueue(job_id: str, max_runtime_s: int, app: Celery | None = None) -> None:
-    """Put a job id on the queue; the worker reads everything else from the database."""
-    (app or celery_app).send_task(
-        RUN_JOB, args=[job_id], queue=get_settings().queue, **task_time_limits(max_runtime_s)
+    """Put a job id on the queue; the worker reads everything else from the database.
+
+    The queue is the one `app` was configured with (its settings), not the process-wide default,
+    so an app built from other settings (the API's, a test's) sends where its workers listen.
+    """
+    app = app or celery_app
+    app.send_task(
+        RUN_JOB,
+        args=[job_id],
+        queue=app.conf.task_default_queue,
+        **task_time_limits(max_runtime_s),
     )

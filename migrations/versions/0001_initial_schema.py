@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:58:14.028804
+Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("attempt_floor", sa.Integer(), nullable=False),
         sa.Column("progress", sa.Float(), nullable=False),
         sa.Column("stage", sa.String(length=32), nullable=True),
         sa.Column("current_epoch", sa.Integer(), nullable=True),

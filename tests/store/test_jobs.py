@@ -83,6 +83,15 @@ def test_cancel_and_retry_transitions(session: Session) -> None:
     assert jobs.heartbeat(session, c, 60) == JobStatus.cancelling
     assert jobs.finish(session, c, JobStatus.cancelled, "stopped")
     session.commit()
+    # a user's retry starts the count of attempts towards max_attempts again
+    session.refresh(queued)
+    jobs.retry(session, queued)
+    session.commit()
+    again = jobs.claim(session, queued.id, "w", 60)
+    session.commit()
+    assert again is not None and (again.attempt, again.since_retry) == (2, 1)
+    assert jobs.finish(session, again, JobStatus.cancelled, "stopped")
+    session.commit()
     session.refresh(queued)
     jobs.request_cancel(session, queued)  # finished: unchanged
     assert queued.status == JobStatus.cancelled

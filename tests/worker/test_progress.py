@@ -1,0 +1,68 @@
+"""Progress weighting over the stages a spec runs, and upload file names."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdcore.spec import parse_spec
+from worker.inputs import public_message, safe_filename
+from worker.progress import ProgressModel, stage_weights
+
+BASE = {
+    "name": "p",
+    "teacher": {"arch": "mlp", "train": {"epochs": 10}},
+    "student": {"arch": "mlp"},
+    "data": {"source": "synthetic"},
+    "train": {"epochs": 30},
+}
+
+
+def test_weights_follow_the_stages_that_run() -> None:
+    w = stage_weights(parse_spec({**BASE, "evaluate": {"baseline": True}}))
+    assert set(w) == {"teacher", "baseline", "distill", "evaluate", "export"}
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert w["distill"] == pytest.approx(3 * w["teacher"]) and w["baseline"] == w["distill"]
+
+    onnx_teacher = {**BASE, "teacher": {"onnx": "upload:abc"}}
+    w = stage_weights(parse_spec(onnx_teacher))
+    assert set(w) == {"distill", "evaluate", "export"}
+    assert w["distill"] == pytest.approx(0.95)
+
+
+def test_progress_is_monotonic_and_ends_at_one() -> None:
+    spec = parse_spec(BASE)
+    model = ProgressModel(stage_weights(spec))
+    seen = [model.start("teacher", 10, 4)]
+    for epoch in range(1, 11):
+        seen += [model.at("teacher", epoch, step) for step in range(1, 5)]
+    seen.append(model.end("teacher"))
+    seen.append(model.start("distill", 30, 2))
+    # A resumed stage starts part-way: progress jumps ahead, never back.
+    seen += [model.at("distill", epoch, step) for epoch in range(11, 31) for step in (1, 2)]
+    seen.append(model.end("distill"))
+    for stage in ("evaluate", "export"):
+        seen += [model.start(stage, 1, 1), model.at(stage, 1, 1), model.end(stage)]
+    assert seen == sorted(seen)
+    assert seen[0] == 0.0 and seen[-1] == pytest.approx(1.0)
+    assert model.end("teacher") == pytest.approx(0.95 * 10 / 40)
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [
+        ("data.npz", "data.npz"),
+        ("my data (v2).csv", "my_data__v2_.csv"),
+        ("../../etc/passwd.npz", "passwd.npz"),
+        ("C:\\\\Users\\\\x\\\\model.onnx", "model.onnx"),
+        (".hidden.pt", "hidden.pt"),
+        ("", "file"),
+    ],
+)
+def test_safe_filename_keeps_the_suffix(name: str, safe: str) -> None:
+    assert safe_filename(name) == safe
+
+
+def test_public_message_hides_local_paths() -> None:
+    names = {"/tmp/w/inputs/data.source/d.npz": "upload:abc (d.npz)"}
+    msg = public_message("/tmp/w/inputs/data.source/d.npz is not readable", names)
+    assert msg == "upload:abc (d.npz) is not readable"

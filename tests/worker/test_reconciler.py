@@ -1,0 +1,147 @@
+"""The reconciler against real PostgreSQL and Redis (and the filesystem transport): lost jobs
+come back, jobs whose message vanished are enqueued again, and a job whose message is still
+in the broker is not enqueued twice.
+
+The database is shared with the rest of the test session, so a pass may also pick up other
+tests' old jobs: assertions look at this test's own jobs only."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from store.models import JobEvent, utcnow
+from store.settings import Settings
+from worker.app import enqueue, make_celery
+from worker.reconciler import broker_job_ids, job_id_of, reconcile
+
+LONG_AGO = timedelta(hours=1)
+
+
+def queued_ids(redis_url: str, queue: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    return [job_id_of(json.loads(raw)) or "" for raw in client.lrange(queue, 0, -1)]
+
+
+def reconcile_events(jobs: Any, job_id: str) -> list[JobEvent]:
+    return [e for e in jobs.rows(JobEvent, job_id) if e.kind == "reconcile"]
+
+
+def test_running_job_with_an_expired_lease_is_requeued(
+    jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
+) -> None:
+    job_id = jobs.make(
+        status="running",
+        attempts=1,
+        worker="dead-worker",
+        heartbeat_at=utcnow() - LONG_AGO,
+        lease_expires_at=utcnow() - timedelta(seconds=5),
+    )
+    counts = reconcile(settings, engine, app)
+    assert counts["lost_requeued"] >= 1
+    job = jobs.get(job_id)
+    assert job.status == "queued" and job.enqueued_at is not None
+    assert queued_ids(redis_url, settings.queue).count(job_id) == 1
+    assert len(reconcile_events(jobs, job_id)) == 1
+
+    # The fresh message is found on the next pass: nothing is sent again.
+    jobs.set(job_id, enqueued_at=utcnow() - LONG_AGO)
+    reconcile(settings, engine, app)
+    assert queued_ids(redis_url, settings.queue).count(job_id) == 1
+    assert len(reconcile_events(jobs, job_id)) == 1
+
+
+def test_cancelling_job_whose_worker_was_lost_ends_cancelled(
+    jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
+) -> None:
+    job_id = jobs.make(
+        status="cancelling", attempts=1, lease_expires_at=utcnow() - timedelta(seconds=5)
+    )
+    reconcile(settings, engine, app)
+    assert jobs.get(job_id).status == "cancelled"
+    assert job_id not in queued_ids(redis_url, settings.queue)
+
+
+def test_stale_queued_job_without_a_message_is_enqueued_again(
+    jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
+) -> None:
+    job_id = jobs.make(enqueued_at=utcnow() - LONG_AGO)
+    fresh = jobs.make()  # queued a moment ago: its message may simply not be sent yet
+    counts = reconcile(settings, engine, app)
+    assert counts["reenqueued"] >= 1
+    assert queued_ids(redis_url, settings.queue).count(job_id) == 1
+    job = jobs.get(job_id)
+    assert job.status == "queued" and job.enqueued_at > utcnow() - timedelta(minutes=1)
+    (event,) = reconcile_events(jobs, job_id)
+    assert "no broker message" in event.message
+    assert reconcile_events(jobs, fresh) == []
+
+    # The message carries the time limits of the job's spec, like the API's enqueue.
+    client = redis.Redis.from_url(redis_url)
+    (raw,) = [m for m in client.lrange(settings.queue, 0, -1) if job_id_of(json.loads(m)) == job_id]
+    assert json.loads(raw)["headers"]["timelimit"] == [6 * 3600 + 60, 6 * 3600]
+
+
+def test_stale_queued_job_whose_message_is_waiting_is_left_alone(
+    jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
+) -> None:
+    job_id = jobs.make()
+    enqueue(job_id, 600, app)
+    jobs.set(job_id, enqueued_at=utcnow() - LONG_AGO)  # waited long behind other jobs
+    counts = reconcile(settings, engine, app)
+    assert counts["in_broker"] >= 1
+    assert queued_ids(redis_url, settings.queue).count(job_id) == 1
+    assert reconcile_events(jobs, job_id) == []
+
+
+def test_a_delivered_unacknowledged_message_counts_as_present(
+    jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
+) -> None:
+    job_id = jobs.make(enqueued_at=utcnow() - LONG_AGO)
+    enqueue(job_id, 600, app)
+    client = redis.Redis.from_url(redis_url)
+    raw = client.rpop(settings.queue)  # what a worker does, keeping it in `unacked`
+    tag = f"test-{uuid.uuid4().hex}"
+    client.hset("unacked", tag, json.dumps([json.loads(raw), "", settings.queue]))
+    try:
+        assert job_id in broker_job_ids(app)
+        reconcile(settings, engine, app)
+        assert job_id not in queued_ids(redis_url, settings.queue)
+        assert reconcile_events(jobs, job_id) == []
+    finally:
+        client.hdel("unacked", tag)
+
+
+def test_filesystem_transport(jobs: Any, settings: Settings, engine: Any, tmp_path: Path) -> None:
+    fs_settings = settings.model_copy(update={"broker_url": "", "data_dir": tmp_path / "fs"})
+    app = make_celery(fs_settings)
+    folder = fs_settings.broker_folder / "queue"
+
+    def files_for(job_id: str) -> list[Path]:
+        return [p for p in folder.iterdir() if job_id_of(json.loads(p.read_bytes())) == job_id]
+
+    try:
+        job_id = jobs.make(enqueued_at=utcnow() - LONG_AGO)
+        assert job_id not in broker_job_ids(app)
+        reconcile(fs_settings, engine, app)
+        assert job_id in broker_job_ids(app)
+        (file,) = files_for(job_id)
+        assert file.name.endswith(f".{settings.queue}.msg")
+        jobs.set(job_id, enqueued_at=utcnow() - LONG_AGO)
+        reconcile(fs_settings, engine, app)
+        assert len(files_for(job_id)) == 1
+        assert len(reconcile_events(jobs, job_id)) == 1
+    finally:
+        app.close()
+
+
+def test_job_id_of_reads_only_run_job_messages() -> None:
+    assert job_id_of({"headers": {"task": "distillery.reconcile"}, "body": "W10="}) is None
+    by_repr = {"headers": {"task": "distillery.run_job", "argsrepr": "['abc']"}, "body": "?"}
+    assert job_id_of(by_repr) == "abc"

@@ -1,0 +1,50 @@
+"""Celery tasks: thin shells around `worker.runner.execute_job` and `worker.reconciler.reconcile`.
+
+Registered with `shared_task` under the names in worker/app.py, so every app built by
+`make_celery` (whose `include` lists this module) knows them, `celery_app` included.
+
+CUDA hygiene: the worker's main process only imports this module and forks a fresh child per
+job (`worker_max_tasks_per_child = 1`). The heavy imports (torch, kdcore) happen inside the task,
+in the child, so the parent never initialises CUDA, which a forked child could not use. Run one
+worker process per GPU, each seeing only its device:
+
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -Q distillery -c 1 --hostname gpu0@%h
+    CUDA_VISIBLE_DEVICES=1 celery -A worker.app worker -Q distillery -c 1 --hostname gpu1@%h
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from celery import Task, shared_task
+
+from worker.app import RECONCILE, RUN_JOB
+
+
+def worker_name(task: Task) -> str:
+    """Which worker process holds a job (shown in the job's events)."""
+    host = getattr(task.request, "hostname", None) or socket.gethostname()
+    return f"{host}/{os.getpid()}"
+
+
+@shared_task(name=RUN_JOB, bind=True)
+def run_job(self: Task, job_id: str) -> dict[str, Any]:
+    from store.blobs import BlobStore
+    from store.db import default_engine
+    from store.settings import get_settings
+    from worker.runner import execute_job
+
+    settings = get_settings()
+    blobs = BlobStore(settings.resolved_blob_dir)
+    return execute_job(job_id, settings, default_engine(), blobs, worker_name(self)).as_dict()
+
+
+@shared_task(name=RECONCILE, bind=True)
+def reconcile(self: Task) -> dict[str, int]:
+    from store.db import default_engine
+    from store.settings import get_settings
+    from worker.reconciler import reconcile as reconcile_once
+
+    return reconcile_once(get_settings(), default_engine(), self.app)
