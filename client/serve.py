@@ -10,6 +10,7 @@ PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def serve(host: str, port: int, data_dir: Path, console: Console) -> None:
 
     env = dict(os.environ)
     children = [subprocess.Popen(cmd, env=env) for cmd in child_processes(env, settings.queue)]
+    # uvicorn re-raises SIGTERM once it has shut down; make that an exception, so the `finally`
+    # below still stops the worker and the reconciler instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         import uvicorn
 
@@ -70,6 +74,10 @@ def serve(host: str, port: int, data_dir: Path, console: Console) -> None:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _redact(url: str) -> str:
