@@ -22,6 +22,7 @@ from kdcore.checkpoint import CheckpointStore
 from kdcore.data.dataset import Dataset
 from kdcore.errors import Cancelled, InputError
 from kdcore.evaluate import accuracy, predict_logits
+from kdcore.features import FeatureHooks
 from kdcore.methods.base import Method, StepOutputs
 from kdcore.spec import OptimizerSpec, SchedulerSpec, TrainSpec
 
@@ -108,6 +109,30 @@ class _TeacherOutputs:
             return self.teacher(xb).float()
 
 
+def _attach_feature_hooks(
+    student: nn.Module, teacher: nn.Module | None, method: Method, example: Tensor
+) -> tuple[FeatureHooks, FeatureHooks]:
+    """Hooks on the layers the method names, and one dry forward (eval mode, no gradients: no
+    state or RNG changes) so the method can size its learnable parts to the real features."""
+    s_hooks = FeatureHooks(student, method.student_layers(), "method.student_layers", example)
+    t_hooks = (
+        FeatureHooks(teacher, method.teacher_layers(), "method.teacher_layers", example)
+        if teacher is not None
+        else FeatureHooks(student, [], "", example)
+    )
+    if method.student_layers() or method.teacher_layers():
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            student(example)
+            if teacher is not None:
+                teacher(example)
+        student.train(was_training)
+        method.setup(s_hooks.take(), t_hooks.take())
+        method.to(example.device)
+    return s_hooks, t_hooks
+
+
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
@@ -158,6 +183,7 @@ def fit(
         freeze(teacher).to(device)
     else:
         teacher = None
+    hooks = _attach_feature_hooks(student, teacher, method, data.x_train[:2].to(device))
 
     optimizer = make_optimizer(
         [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad],
@@ -184,68 +210,79 @@ def fit(
 
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
-    use_cache = cache_teacher and augment is None and teacher is not None
+    # Cached logits skip the teacher's forward, so a method reading teacher features needs it live.
+    use_cache = (
+        cache_teacher and augment is None and teacher is not None and not method.teacher_layers()
+    )
     teacher_out = _TeacherOutputs(teacher, data.x_train, use_cache, device)
     result.teacher_cache_used = teacher_out.cached is not None
     steps = len(batches(len(x_train), train.batch_size, torch.Generator()))
     cb.on_stage_start(stage, train.epochs, steps)
 
-    for epoch in range(result.resumed_from_epoch, train.epochs):
-        started = time.perf_counter()
-        student.train()
-        method.train()
-        total, seen = 0.0, 0
-        for step, idx in enumerate(batches(len(x_train), train.batch_size, generator)):
-            if cb.should_cancel():
-                raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
-            idx_dev = idx.to(device)
-            xb, yb = x_train[idx_dev], y_train[idx_dev]
-            if augment is not None:
-                xb = augment(xb, generator)
-            with _autocast(device, amp):
-                out = StepOutputs(student(xb), yb, teacher_out(idx_dev, xb))
-                loss = method(out)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if train.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(student.parameters(), train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            cb.on_step(stage, epoch + 1, step + 1, loss.item())
-        train_seconds = time.perf_counter() - started
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        record = EpochRecord(
-            stage=stage,
-            epoch=epoch + 1,
-            train_loss=total / max(seen, 1),
-            student_accuracy=accuracy(student, data.x_val, data.y_val, device=device),
-            lr=lr,
-            seconds=time.perf_counter() - started,
-            train_seconds=train_seconds,
-        )
-        result.history.append(record)
-        if checkpoints is not None:
-            checkpoints.save(
-                stage,
-                _checkpoint(
-                    student,
-                    method,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    generator,
-                    epoch + 1,
-                    result.history,
-                    fingerprint,
-                ),
+    try:
+        for epoch in range(result.resumed_from_epoch, train.epochs):
+            started = time.perf_counter()
+            method.start_epoch(epoch + 1, train.epochs)
+            student.train()
+            method.train()
+            total, seen = 0.0, 0
+            for step, idx in enumerate(batches(len(x_train), train.batch_size, generator)):
+                if cb.should_cancel():
+                    raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
+                idx_dev = idx.to(device)
+                xb, yb = x_train[idx_dev], y_train[idx_dev]
+                if augment is not None:
+                    xb = augment(xb, generator)
+                with _autocast(device, amp):
+                    teacher_logits = teacher_out(idx_dev, xb)
+                    out = StepOutputs(
+                        student(xb), yb, teacher_logits, hooks[0].take(), hooks[1].take()
+                    )
+                    loss = method(out)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if train.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(student.parameters(), train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.item() * len(idx)
+                seen += len(idx)
+                cb.on_step(stage, epoch + 1, step + 1, loss.item())
+            train_seconds = time.perf_counter() - started
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            record = EpochRecord(
+                stage=stage,
+                epoch=epoch + 1,
+                train_loss=total / max(seen, 1),
+                student_accuracy=accuracy(student, data.x_val, data.y_val, device=device),
+                lr=lr,
+                seconds=time.perf_counter() - started,
+                train_seconds=train_seconds,
             )
-        cb.on_epoch_end(record)
-    cb.on_stage_end(stage)
+            result.history.append(record)
+            if checkpoints is not None:
+                checkpoints.save(
+                    stage,
+                    _checkpoint(
+                        student,
+                        method,
+                        optimizer,
+                        scheduler,
+                        scaler,
+                        generator,
+                        epoch + 1,
+                        result.history,
+                        fingerprint,
+                    ),
+                )
+            cb.on_epoch_end(record)
+        cb.on_stage_end(stage)
+    finally:
+        for h in hooks:
+            h.remove()
     return result
 
 

@@ -32,12 +32,35 @@ class StepOutputs:
 
 
 class Method(nn.Module):
+    """Subclasses set `params` (their spec keys) and implement `forward`; feature methods also
+    name the layers they need and may build learnable parts (adapters) in `setup`."""
+
     params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams):
         super().__init__()
         self.hparams = params
+        self.epoch = 1
+        self.epochs = 1
+
+    def student_layers(self) -> list[str]:
+        """Student modules whose outputs `forward` needs in `out.student_features`."""
+        return []
+
+    def teacher_layers(self) -> list[str]:
+        """Teacher modules whose outputs `forward` needs in `out.teacher_features`."""
+        return []
+
+    def setup(
+        self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
+    ) -> None:
+        """Called once before training with the features of a dry forward pass, so a method
+        can size its learnable parts (e.g. a FitNets regressor) to the real shapes."""
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """1-based epoch about to run (for warm-ups such as DKD's)."""
+        self.epoch, self.epochs = epoch, epochs
 
     def forward(self, out: StepOutputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -10,7 +10,15 @@ register = _methods.register
 
 
 def _load() -> None:
-    from kdcore.methods import ce, kd  # noqa: F401
+    """Import every module of this package, so each method file's @register line runs."""
+    import importlib
+    import pkgutil
+
+    import kdcore.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base", "registry"):
+            importlib.import_module(f"kdcore.methods.{info.name}")
 
 
 def names() -> list[str]:
