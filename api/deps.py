@@ -2,7 +2,7 @@
 
 Everything a route needs comes from `request.app.state` (set by `create_app`), never from
 module globals, so two apps with different settings can live in one process (tests do).
-`current_owner` is the one place authentication will slot in: every query filters on it.
+`current_owner` is where authentication slots in (api/auth.py): every query filters on it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import owner_of
 from api.errors import not_found
 from store.blobs import BlobStore
 from store.jobs import get_job
@@ -34,9 +36,21 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def current_owner(request: Request) -> str | None:
-    """Who is calling. None until authentication exists: None means "every owner"."""
-    return None
+# Declares the scheme in the OpenAPI document (the docs' "Authorize" button); the header is
+# parsed by api.auth, whose 401s say what exactly is wrong.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="an API key from `distill keys create --project NAME`",
+)
+
+
+def current_owner(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> str | None:
+    """The calling project's name (401 without a valid key); None means "every owner" and
+    happens only on a service started without keys (DISTILLERY_AUTH=none)."""
+    return owner_of(request)
 
 
 def get_settings(request: Request) -> Settings:

@@ -25,13 +25,22 @@ log = logging.getLogger("distillery.api")
 
 
 class ApiError(Exception):
-    """A 4xx the routes raise: `detail` is the sentence, `extra` more top-level keys."""
+    """A 4xx the routes raise: `detail` is the sentence, `extra` more top-level keys, `headers`
+    response headers (a 401's `WWW-Authenticate`)."""
 
-    def __init__(self, status_code: int, detail: str, code: str, **extra: Any):
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        code: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
         self.code = code
+        self.headers = headers
         self.extra = extra
 
 
@@ -72,6 +81,7 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=exc.status_code,
         content={"detail": exc.detail, "code": exc.code, **exc.extra},
+        headers=exc.headers,
     )
 
 

@@ -6,17 +6,19 @@ database, folder or broker; `uvicorn api.main:app` and `from api.main import app
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy.orm import sessionmaker
 
 from api import errors
+from api.deps import current_owner
 from api.routes import artifacts, events, health, jobs, metrics, uploads
-from api.schemas import FieldError, ValidationErrorOut
+from api.schemas import ErrorOut, FieldError, ValidationErrorOut
 from kdcore.spec import JobSpec
 from store.blobs import BlobStore
 from store.db import make_engine, upgrade_schema
@@ -32,9 +34,15 @@ Distillery compresses a teacher model into a smaller student by knowledge distil
    `/events`, `/metrics`.
 4. Download the student: `GET /v1/jobs/{id}/artifacts/{format}`.
 
+Every `/v1` request carries an API key: `Authorization: Bearer <key>` (an admin creates keys
+with `distill keys create --project NAME`). A key sees only its project's jobs and uploads;
+anything else is 404. A missing, unknown or revoked key is 401.
+
 Errors are JSON: `detail` says what is wrong and how to fix it; a 422 lists `{loc, msg}` per
 field, with `loc` a dotted spec path such as `method.name`.
 """
+
+log = logging.getLogger("distillery.api")
 
 TAGS = [
     {"name": "jobs", "description": "Submit, list, inspect, cancel and retry distillation jobs."},
@@ -44,6 +52,10 @@ TAGS = [
     {"name": "uploads", "description": "Teacher/student weights and datasets for specs."},
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "no API key, or an unknown or revoked one"}
+}
 
 # Publishing to a broker that is down should fail fast: the job is safe in the database and
 # the reconciler enqueues it later, while a hanging request helps nobody.
@@ -88,8 +100,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream_keepalive_s = 15.0
 
     errors.install(app)
-    for module in (jobs, events, metrics, artifacts, uploads, health):
-        app.include_router(module.router)
+    # authenticated before anything else about the request is looked at (a body, a job id)
+    for module in (jobs, events, metrics, artifacts, uploads):
+        app.include_router(
+            module.router, dependencies=[Depends(current_owner)], responses=UNAUTHORIZED
+        )
+    app.include_router(health.router)
+    if settings.auth == "none":
+        log.warning(
+            "DISTILLERY_AUTH=none: the API accepts requests without keys; anyone who can reach "
+            "it can read, submit and cancel every job"
+        )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

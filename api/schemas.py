@@ -190,6 +190,10 @@ class UploadOut(Out):
         )
 
 
+class UploadList(BaseModel):
+    items: list[UploadOut]
+
+
 # --- health -----------------------------------------------------------------------------------
 
 

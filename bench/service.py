@@ -140,6 +140,7 @@ def main() -> None:
         DISTILLERY_QUEUE=queue,
         DISTILLERY_DATA_DIR=tmp.name,
         DISTILLERY_HEARTBEAT_SECONDS="2",
+        DISTILLERY_AUTH="none",  # a private throwaway service: no API keys to set up
     )
     procs: list[subprocess.Popen] = []
     try:

@@ -1,7 +1,12 @@
 """The `distill` command line.
 
-Exit codes are part of the contract with CI pipelines:
-0 success, 1 anything else went wrong, 2 invalid spec or input, 3 a quality gate failed.
+Local: `run`, `validate`, `zoo`, `serve`. Against a service (client/remote.py, on the SDK):
+`submit`, `jobs`, `status`, `logs`, `cancel`, `retry`, `download`. Admin, on the service's
+database (client/admin.py): `keys`, `projects`.
+
+Exit codes are part of the contract with CI pipelines (client/outcome.py has the table):
+0 success, 1 anything else went wrong (a job failed or was cancelled), 2 invalid spec or input,
+3 a quality gate failed, 4 timed out waiting for a job.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from client import admin, remote
+from client.outcome import EXIT_ERROR, EXIT_GATE, EXIT_INVALID
 from client.progress import RichProgress
 
 app = typer.Typer(
@@ -21,8 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-
-EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
 
 
 @app.callback()
@@ -88,11 +93,19 @@ def serve(
     data_dir: Path = typer.Option(
         Path("distillery-data"), help="embedded-mode folder: SQLite, blobs, broker"
     ),
+    no_auth: bool = typer.Option(
+        False,
+        "--no-auth",
+        help="accept requests without API keys (anyone who can reach the port sees every job)",
+    ),
 ) -> None:
-    """Run the service locally: the API, one worker and the reconciler, with one command."""
+    """Run the service locally: the API, one worker and the reconciler, with one command.
+
+    Requests need an API key (`distill keys create --project NAME`) unless --no-auth is given.
+    """
     from client.serve import serve as run_service
 
-    run_service(host, port, data_dir, err)
+    run_service(host, port, data_dir, err, auth=not no_auth)
 
 
 @app.command()
@@ -130,6 +143,12 @@ def _print_summary(report: dict, out: Path) -> None:
     for a in report["artifacts"]:
         con.print(f"  {a['format']:<13} {a['path']}  (max abs diff {a['max_abs_diff']:.1e})")
     con.print(f"  report: {out / 'report.json'}")
+
+
+# after the local commands, so `distill --help` lists those first
+remote.register(app)
+app.add_typer(admin.keys_app, name="keys")
+app.add_typer(admin.projects_app, name="projects")
 
 
 if __name__ == "__main__":  # pragma: no cover

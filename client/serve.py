@@ -41,8 +41,10 @@ def child_processes(env: dict[str, str], queue: str) -> list[list[str]]:
     ]
 
 
-def serve(host: str, port: int, data_dir: Path, console: Console) -> None:
+def serve(host: str, port: int, data_dir: Path, console: Console, *, auth: bool = True) -> None:
     os.environ.setdefault("DISTILLERY_DATA_DIR", str(data_dir.resolve()))
+    # the flag alone decides (not an inherited DISTILLERY_AUTH): keys unless --no-auth
+    os.environ["DISTILLERY_AUTH"] = "keys" if auth else "none"
     from store.db import upgrade_schema
     from store.settings import get_settings
 
@@ -53,6 +55,14 @@ def serve(host: str, port: int, data_dir: Path, console: Console) -> None:
     console.print(f"database: {_redact(settings.resolved_database_url)}")
     console.print(f"broker:   {_redact(settings.resolved_broker_url)}")
     console.print(f"blobs:    {settings.resolved_blob_dir}")
+    if auth:
+        _say_keys(settings.resolved_database_url, data_dir, console)
+    else:
+        console.print(
+            "[bold yellow]WARNING: authentication is OFF (--no-auth).[/] Requests need no API "
+            f"key: anyone who can reach http://{host}:{port} can read, submit and cancel every "
+            "job. Use it only on a machine of your own."
+        )
 
     env = dict(os.environ)
     children = [subprocess.Popen(cmd, env=env) for cmd in child_processes(env, settings.queue)]
@@ -74,6 +84,30 @@ def serve(host: str, port: int, data_dir: Path, console: Console) -> None:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+def _say_keys(url: str, data_dir: Path, console: Console) -> None:
+    """Keys are required: say how to get one when there is none yet."""
+    from sqlalchemy import func, select
+
+    from store.db import make_engine
+    from store.models import ApiKey
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            active = conn.execute(
+                select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    console.print(f"auth:     API keys required ({active} active)")
+    if not active:
+        console.print(
+            "          create one: distill keys create --project NAME"
+            + ("" if data_dir == Path("distillery-data") else f" --data-dir {data_dir}")
+            + "   (or run with --no-auth on a machine of your own)"
+        )
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -153,6 +160,14 @@ class GatesSpec(Strict):
     min_student_accuracy: float | None = Field(None, ge=0, le=100, description="percent")
 
 
+class NotifySpec(Strict):
+    """Who the service tells when the job ends (ignored by a local `distill run`)."""
+
+    webhook_url: AnyHttpUrl | None = Field(
+        None, description="gets a signed JSON summary when the job succeeds, fails or is cancelled"
+    )
+
+
 ExportFormat = Literal["torchscript", "torch_export", "onnx", "safetensors"]
 ALL_FORMATS: list[ExportFormat] = ["torchscript", "torch_export", "onnx", "safetensors"]
 
@@ -167,6 +182,7 @@ class JobSpec(Strict):
     evaluate: EvaluateSpec = EvaluateSpec()
     export: list[ExportFormat] = Field(default_factory=lambda: list(ALL_FORMATS))
     gates: GatesSpec = GatesSpec()
+    notify: NotifySpec = NotifySpec()
 
 
 def _loc(parts: tuple[Any, ...]) -> str:

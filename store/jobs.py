@@ -32,6 +32,7 @@ from store.models import (
     Metric,
     utcnow,
 )
+from store.webhooks import queue_notification
 
 ACTIVE = (JobStatus.running, JobStatus.cancelling)
 
@@ -154,6 +155,8 @@ def _set(s: Session, job: Job, status: JobStatus, message: str, **values: Any) -
     for key, value in values.items():
         setattr(job, key, value)
     add_event(s, job.id, "status", message, status=status)
+    if status in TERMINAL:
+        queue_notification(s, job)
     s.flush()
 
 
@@ -287,6 +290,9 @@ def finish(
         status=status,
         data={"error_code": error_code} if error_code else None,
     )
+    job = s.get(Job, c.job_id, populate_existing=True)
+    if job is not None:
+        queue_notification(s, job, evaluation=evaluation, artifacts=artifacts)
     return True
 
 

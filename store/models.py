@@ -2,7 +2,10 @@
 
 Tables: jobs, job_events (every state change and notable message), metrics (per epoch),
 artifacts (exported students in the blob store), evaluations (accuracy gap and sizes), uploads
-(user files in the blob store). Migrations in migrations/ must match these models (tested).
+(user files in the blob store); projects and api_keys (who may call the API: a job's or an
+upload's `owner` is its project's name), idempotency_keys (one job per client-chosen key),
+webhook_deliveries (an outbox of job-end notifications). Migrations in migrations/ must match
+these models (tested).
 """
 
 from __future__ import annotations
@@ -199,3 +202,82 @@ class Upload(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Project(Base):
+    """A team sharing the service: its keys see only its own jobs and uploads."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # the `owner` of its rows
+    # signs this project's webhooks (overrides DISTILLERY_WEBHOOK_SECRET); kept in clear because
+    # signing needs it, unlike API keys, which are only ever compared
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    keys: Mapped[list[ApiKey]] = relationship(
+        back_populates="project", order_by="ApiKey.created_at", cascade="all, delete-orphan"
+    )
+
+
+class ApiKey(Base):
+    """A bearer key of a project, stored as the sha256 of the key (the key is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, for listings
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    project: Mapped[Project] = relationship(back_populates="keys")
+
+
+class IdempotencyKey(Base):
+    """`Idempotency-Key` of a job submission: unique per owner, so two racing requests with
+    the same key cannot both create a job (the loser finds the winner's row)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))  # "" = no auth
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))  # of the canonical spec
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookStatus(StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"  # gave up after the last attempt
+
+
+class WebhookDelivery(Base):
+    """One job-end notification to send: written in the transaction that ends the job (so it
+    cannot be lost), sent after that commits, retried with backoff until it is delivered or its
+    attempts run out. The body is fixed when the row is written, so every attempt is the same
+    message (receivers deduplicate on the id)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded | job.failed | job.cancelled
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=WebhookStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

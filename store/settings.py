@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,26 @@ class Settings(BaseSettings):
     )
     queue: str = Field("distillery", description="Celery queue the jobs go to")
     max_attempts: int = Field(3, ge=1, description="a job lost this many times fails for good")
+    auth: Literal["keys", "none"] = Field(
+        "keys",
+        description="keys: every /v1 request needs `Authorization: Bearer <key>` (distill keys "
+        "create); none: no keys, every caller sees every job (a local, single-user service)",
+    )
+    webhook_secret: str = Field(
+        "", description="signs webhooks (HMAC-SHA256) of projects without a secret of their own"
+    )
+    webhook_max_attempts: int = Field(6, ge=1, description="deliveries given up after this many")
+    webhook_backoff_seconds: float = Field(
+        2.0, ge=0, description="wait before the 2nd attempt; doubles for each one after"
+    )
+    webhook_backoff_max_seconds: float = Field(300.0, ge=0, description="cap on one wait")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="per delivery attempt")
+    webhook_inline_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="how long a worker keeps retrying a job's webhook itself before leaving the "
+        "remaining attempts to the reconciler (and taking the next job)",
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -7,6 +7,8 @@ puts the two back in agreement.
     broker; when no message for them is there (lost with a broker restart, or a message that
     was never sent) they are enqueued again.
 
+(c) Webhooks that are due (store/webhooks.py) get one delivery attempt each.
+
 Enqueueing twice is harmless (a second delivery is a no-op, see store.jobs.claim), but a long
 queue is normal, so (b) only re-enqueues what is really missing. Inspecting the broker is
 possible for the Redis transport (the queue lists and the `unacked` hash that holds delivered,
@@ -38,6 +40,7 @@ from store.jobs import add_event, mark_enqueued, recover_lost, stale_queued
 from store.models import Job
 from store.settings import Settings
 from worker.app import RUN_JOB, enqueue
+from worker.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,20 @@ def reconcile(settings: Settings, engine: Engine, celery_app: Celery) -> dict[st
                             "no broker message for the queued job; re-enqueued",
                         )
                         counts["reenqueued"] += 1
-    if any(counts[k] for k in ("lost_requeued", "reenqueued", "uninspectable")):
+    counts["webhooks"] = _webhooks(settings, engine)
+    if any(counts[k] for k in ("lost_requeued", "reenqueued", "uninspectable", "webhooks")):
         log.info("reconcile: %s", counts)
     return counts
+
+
+def _webhooks(settings: Settings, engine: Engine) -> int:
+    """(c) One attempt for each due webhook: those a worker left to retry later, and those of
+    jobs that ended outside a worker (cancelled while queued, lost while cancelling)."""
+    try:
+        return len(deliver_due(engine, settings))
+    except Exception:
+        log.exception("reconcile: webhook deliveries failed; next pass retries")
+        return 0
 
 
 def _max_runtime(spec: dict[str, Any], settings: Settings) -> int:

@@ -9,7 +9,9 @@ once, so it is safe to call any number of times for the same job:
   attempt that takes over a lost one resumes from the last finished epoch and ends with the
   weights an uninterrupted run would have;
 - results are written in one transaction by the fenced `store.jobs.finish`: if this attempt
-  lost its claim meanwhile nothing is written, so artifacts and the evaluation exist once.
+  lost its claim meanwhile nothing is written, so artifacts and the evaluation exist once;
+- the job-end webhook (if the spec asks for one) is queued in that transaction and sent after
+  it commits (worker/webhooks.py), so a slow or failing receiver never holds the job back.
 
 Whenever this function returns normally, the attempt it claimed has ended (succeeded, failed
 or cancelled) or has been taken over by another attempt; it never leaves a job `running`.
@@ -35,13 +37,14 @@ from kdcore.spec import SpecError, parse_spec
 from store.blobs import BlobStore
 from store.db import session_scope
 from store.jobs import Claim, add_event, claim, finish
-from store.models import Artifact, Evaluation, Job, JobStatus
+from store.models import TERMINAL, Artifact, Evaluation, Job, JobStatus
 from store.settings import Settings
 from worker.checkpoints import BlobCheckpoints
 from worker.inputs import localize_files, public_message
 from worker.lease import Lease
 from worker.progress import JobCallbacks
 from worker.results import evaluation_row, public_report, store_artifacts, summary
+from worker.webhooks import deliver_for_job
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def execute_job(
         return Outcome(job_id, SKIPPED, message="not claimable")
     log.info("job %s: claimed by %s (attempt %d)", job_id, worker_name, c.attempt)
     if c.since_retry > settings.max_attempts:
-        return _end(
+        ended = _end(
             engine,
             c,
             JobStatus.failed,
@@ -89,12 +92,21 @@ def execute_job(
             "the worker running it was lost each time",
             "too_many_attempts",
         )
+        return _notified(ended, engine, settings)
     workdir = Path(tempfile.mkdtemp(prefix=f"distillery-{job_id}-"))
     try:
         with Lease(engine, c, settings) as lease:
-            return _run_claimed(c, engine, blobs, workdir, lease, callbacks)
+            outcome = _run_claimed(c, engine, blobs, workdir, lease, callbacks)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return _notified(outcome, engine, settings)
+
+
+def _notified(outcome: Outcome, engine: Engine, settings: Settings) -> Outcome:
+    """Send the job-end webhook once the end is committed (it never changes the outcome)."""
+    if outcome.status in TERMINAL:
+        deliver_for_job(engine, settings, outcome.job_id)
+    return outcome
 
 
 def _run_claimed(

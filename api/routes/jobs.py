@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api.deps import AppSettings, CeleryApp, DbSession, Owner, load_job, upload_owner
 from api.dispatch import send
@@ -19,8 +21,9 @@ from api.schemas import (
     ValidationErrorOut,
 )
 from api.submission import check_spec
+from store import idempotency
 from store.jobs import create_job, list_jobs, request_cancel, retry
-from store.models import JobStatus
+from store.models import IdempotencyKey, Job, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -68,6 +71,32 @@ SPEC_BODY: dict[str, Any] = {
 }
 
 
+IDEMPOTENCY_HEADER = Header(
+    alias="Idempotency-Key",
+    description="any unique string (a UUID, a CI pipeline id): a request repeated with the same "
+    "key and spec returns the first request's job (200) instead of starting another; the same "
+    "key with a different spec is a 409",
+)
+
+
+def _replay(record: IdempotencyKey, digest: str, session: Session, response: Response) -> JobDetail:
+    """The job a reused key stands for, or a 409 when the key came with another spec."""
+    if record.request_sha256 != digest:
+        raise ApiError(
+            409,
+            f"Idempotency-Key {record.key!r} was already used for job {record.job_id} with a "
+            "different spec; send a new key to submit a new job",
+            "idempotency_conflict",
+            job_id=record.job_id,
+        )
+    job = session.get(Job, record.job_id)
+    if job is None:  # pragma: no cover - the key row goes with its job (ON DELETE CASCADE)
+        raise ApiError(409, "the job of this Idempotency-Key no longer exists", "gone")
+    response.status_code = 200
+    response.headers["Idempotent-Replayed"] = "true"
+    return JobDetail.of(job)
+
+
 @router.post(
     "",
     status_code=201,
@@ -75,11 +104,20 @@ SPEC_BODY: dict[str, Any] = {
     summary="Submit a job",
     openapi_extra=SPEC_BODY,
     responses={
+        200: {
+            "model": JobDetail,
+            "description": "the Idempotency-Key was used before with the same spec: that job "
+            "(header `Idempotent-Replayed: true`); nothing new is started",
+        },
+        409: {
+            "model": ErrorOut,
+            "description": "the Idempotency-Key was used before with a different spec",
+        },
         422: {
             "model": ValidationErrorOut,
             "description": "the spec is invalid, names a local path or a missing upload, "
             "or asks for more runtime than allowed",
-        }
+        },
     },
 )
 def submit_job(
@@ -88,16 +126,39 @@ def submit_job(
     owner: Owner,
     settings: AppSettings,
     celery: CeleryApp,
+    response: Response,
+    idempotency_key: Annotated[str | None, IDEMPOTENCY_HEADER] = None,
 ) -> JobDetail:
     """Validate the spec, store the job as `queued` and hand its id to the workers.
 
     Files are referenced as `upload:<id>` (see `POST /v1/uploads`); server-side paths are
     refused. If the broker is unreachable the job is still created (201) and stays queued; an
     event of kind `broker` says so, and the service enqueues it again once the broker is back.
+
+    With an `Idempotency-Key` header, retrying a request whose answer was lost is safe: the
+    same key and spec (compared after defaults are filled in) give back the first job with
+    status 200, the same key with another spec is a 409. Keys are per project.
     """
+    if idempotency_key is not None and (problem := idempotency.key_problem(idempotency_key)):
+        raise FieldErrors([("header.Idempotency-Key", problem)])
     spec = check_spec(payload, session, upload_owner(owner), settings)
+    key_owner = upload_owner(owner)
+    digest = idempotency.request_digest(spec)
+    if idempotency_key is not None:
+        record = idempotency.find(session, key_owner, idempotency_key)
+        if record is not None:
+            return _replay(record, digest, session, response)
     job = create_job(session, spec, owner=owner)
-    session.commit()
+    if idempotency_key is not None:
+        idempotency.remember(session, key_owner, idempotency_key, digest, job.id)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        record = idempotency.find(session, key_owner, idempotency_key or "")
+        if record is None:
+            raise
+        return _replay(record, digest, session, response)
     send(session, job, celery, settings)
     return JobDetail.of(job)
 

@@ -9,10 +9,10 @@ returned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from api.deps import AppSettings, Blobs, DbSession, Owner, upload_owner
 from api.errors import ApiError, FieldErrors, not_found
 from api.multipart import FormError, FormReader, boundary_of
-from api.schemas import ErrorOut, UploadOut, ValidationErrorOut
+from api.schemas import ErrorOut, UploadList, UploadOut, ValidationErrorOut
 from store.blobs import BlobStore, TooLarge
 from store.models import Upload
 
@@ -177,6 +177,29 @@ async def create_upload(
     if not created:
         response.status_code = 200
     return UploadOut.of(upload)
+
+
+@router.get(
+    "",
+    response_model=UploadList,
+    summary="Find uploads by content",
+    responses={422: {"model": ValidationErrorOut, "description": "bad sha256 or kind"}},
+)
+def find_uploads(
+    session: DbSession,
+    owner: Owner,
+    sha256: Annotated[
+        str, Query(pattern="^[0-9a-f]{64}$", description="hex sha256 of the file's bytes")
+    ],
+    kind: Annotated[Literal["model", "dataset"] | None, Query(description="only this kind")] = None,
+) -> UploadList:
+    """The caller's uploads with these bytes: a client checks here before sending a file it
+    may have sent before (`distill submit` does), and uses the returned `ref` instead."""
+    q = select(Upload).where(Upload.owner == upload_owner(owner), Upload.sha256 == sha256)
+    if kind is not None:
+        q = q.where(Upload.kind == kind)
+    uploads = session.scalars(q.order_by(Upload.created_at))
+    return UploadList(items=[UploadOut.of(u) for u in uploads])
 
 
 @router.get(

@@ -31,6 +31,9 @@ def settings(pg_url: str, redis_url: str, queue_name: str, tmp_path: Path) -> Se
         data_dir=tmp_path / "data",
         blob_dir=tmp_path / "blobs",
         max_upload_bytes=UPLOAD_LIMIT,
+        # these tests are about jobs, uploads and artifacts, not keys: no keys, one owner
+        # (test_auth.py covers keys and projects)
+        auth="none",
     )
 
 

@@ -261,7 +261,7 @@ def test_events_are_ordered(client: TestClient, new_spec: Any) -> None:
 
 def test_embedded_mode_needs_no_servers(tmp_path: Path, new_spec: Any) -> None:
     """Default settings (SQLite, filesystem broker): the schema is created by create_app."""
-    with TestClient(create_app(Settings(data_dir=tmp_path))) as client:
+    with TestClient(create_app(Settings(data_dir=tmp_path, auth="none"))) as client:
         r = client.post("/v1/jobs", json=new_spec())
         assert r.status_code == 201, r.text
         assert r.json()["enqueued_at"] is not None

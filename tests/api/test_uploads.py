@@ -126,3 +126,16 @@ def test_not_multipart_is_415(client: TestClient) -> None:
 def test_unknown_upload_is_404(client: TestClient) -> None:
     r = client.get("/v1/uploads/nope")
     assert r.status_code == 404 and r.json()["detail"] == "upload 'nope' not found"
+
+
+def test_uploads_can_be_found_by_their_sha256(client: TestClient, upload_file: Any) -> None:
+    """What a client asks before uploading a file it may have sent already."""
+    content = b"dataset bytes" * 10
+    sha = hashlib.sha256(content).hexdigest()
+    assert client.get("/v1/uploads", params={"sha256": sha}).json() == {"items": []}
+    up = upload_file(content, "dataset", "d.npz").json()
+    found = client.get("/v1/uploads", params={"sha256": sha}).json()["items"]
+    assert found == [up]
+    assert client.get("/v1/uploads", params={"sha256": sha, "kind": "model"}).json()["items"] == []
+    r = client.get("/v1/uploads", params={"sha256": "not-a-hash"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == "query.sha256"

@@ -77,7 +77,8 @@ def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
     spec = tiny_spec(method={"name": "kdd"})
     result = runner.invoke(app, ["run", str(write(tmp_path, spec)), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert "method.name" in result.output and "known: ce, kd" in result.output
+    assert "method.name" in result.output and "known: " in result.output
+    assert " kd," in result.output  # the list names the methods there are
 
 
 def test_bad_input_exits_2_naming_the_field(tmp_path: Path) -> None:

@@ -33,3 +33,4 @@ def test_an_empty_database_differs(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     tables = {d[1].name for d in diff(url) if d[0] == "add_table"}
     assert {"jobs", "job_events", "metrics", "artifacts", "evaluations", "uploads"} <= tables
+    assert {"projects", "api_keys", "idempotency_keys", "webhook_deliveries"} <= tables

@@ -1,0 +1,91 @@
+"""A spec as the client holds it: read from YAML/JSON, with its local files found.
+
+A spec sent to the service may name files only as `upload:<id>`; on a laptop or in CI it names
+paths, relative to the spec's folder (as `distill run` reads them). This module finds those
+paths so the SDK can upload them and put the ids in their place. It works on the plain dict:
+the server validates the spec (one set of rules, one set of error messages).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from client.errors import FieldError, InvalidSpec
+
+UPLOAD_PREFIX = "upload:"
+BUILTIN_DATA = frozenset({"digits", "synthetic"})
+# (section, key, upload kind): the file fields of kdcore.spec.file_references
+FILE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("teacher", "checkpoint", "model"),
+    ("teacher", "torchscript", "model"),
+    ("teacher", "onnx", "model"),
+    ("student", "checkpoint", "model"),
+    ("data", "source", "dataset"),
+)
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    loc: str  # "teacher.onnx"
+    kind: str  # "model" | "dataset"
+    path: Path
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """The spec in a YAML or JSON file, as a dict (InvalidSpec if unreadable)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidSpec([FieldError("(file)", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise InvalidSpec([FieldError("(file)", f"{path} is not valid YAML/JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(
+            [FieldError("(root)", "a spec is a mapping with name, teacher, student, data, ...")]
+        )
+    return data
+
+
+def local_files(spec: dict[str, Any], base: Path) -> list[LocalFile]:
+    """The files the spec names by path (not `upload:`, not a built-in data set), resolved
+    against `base`; InvalidSpec naming every field whose file is missing."""
+    found: list[LocalFile] = []
+    missing: list[FieldError] = []
+    for section, key, kind in FILE_FIELDS:
+        value = (spec.get(section) or {}).get(key) if isinstance(spec.get(section), dict) else None
+        if not isinstance(value, str) or not value or value.startswith(UPLOAD_PREFIX):
+            continue
+        if section == "data" and value in BUILTIN_DATA:
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            missing.append(
+                FieldError(
+                    f"{section}.{key}",
+                    f"{value!r}: no such file (relative paths are read from {base})",
+                )
+            )
+            continue
+        found.append(LocalFile(f"{section}.{key}", kind, path))
+    if missing:
+        raise InvalidSpec(missing)
+    return found
+
+
+def with_uploads(spec: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
+    """A copy of the spec with file fields ("teacher.onnx") replaced by `upload:<id>` refs."""
+    out = copy.deepcopy(spec)
+    for loc, ref in refs.items():
+        section, key = loc.split(".")
+        out[section][key] = ref
+    return out
