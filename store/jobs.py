@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from kdcore.spec import JobSpec
@@ -228,10 +228,18 @@ def heartbeat(s: Session, c: Claim, lease_s: float) -> str | None:
 
 
 def report_progress(s: Session, c: Claim, progress: float, stage: str, epoch: int | None) -> None:
+    """Progress never goes back: an attempt that resumes after a lost worker replays its finished
+    stages from checkpoints, and a reader must not see the bar jump backwards (a user's retry
+    resets it to 0 explicitly)."""
     s.execute(
         update(Job)
         .where(_fenced(c))
-        .values(progress=progress, stage=stage, current_epoch=epoch, updated_at=utcnow())
+        .values(
+            progress=case((Job.progress > progress, Job.progress), else_=progress),
+            stage=stage,
+            current_epoch=epoch,
+            updated_at=utcnow(),
+        )
     )
 
 

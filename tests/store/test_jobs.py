@@ -153,3 +153,17 @@ def test_stale_queued(session: Session) -> None:
     jobs.mark_enqueued(session, job.id)
     session.commit()
     assert job.id not in jobs.stale_queued(session, timedelta(seconds=60))
+
+
+def test_progress_never_goes_back_within_a_run(session: Session) -> None:
+    job = new_job(session)
+    c = jobs.claim(session, job.id, "w", 60)
+    jobs.report_progress(session, c, 0.4, "distill", 3)
+    jobs.report_progress(session, c, 0.1, "teacher", 1)  # a resumed attempt replaying a stage
+    session.commit()
+    session.refresh(job)
+    assert (job.progress, job.stage, job.current_epoch) == (0.4, "teacher", 1)
+    jobs.report_progress(session, c, 0.7, "distill", 5)
+    session.commit()
+    session.refresh(job)
+    assert job.progress == 0.7
