@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from kdcore.methods import registry
 from kdcore.spec import SpecError, load_spec, parse_spec
 
 
@@ -34,7 +35,8 @@ def test_valid_spec_fills_defaults() -> None:
 def test_unknown_method_lists_known() -> None:
     d = base()
     d["method"] = {"name": "kdd"}
-    assert errors_of(d) == {"method.name": "'kdd' is not a known method; known: ce, kd"}
+    known = ", ".join(registry.names())  # every registered method, in order
+    assert errors_of(d) == {"method.name": f"'kdd' is not a known method; known: {known}"}
 
 
 def test_bad_method_param_names_path() -> None:

@@ -1,0 +1,106 @@
+"""Every method through the whole job (`kdcore.pipeline.run` and `distill run`) on digits: a conv
+teacher trained one epoch in the job, a small student, the exported student loaded back."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from client.cli import app
+from kdcore.data import load_data
+from kdcore.evaluate import accuracy
+from kdcore.export import load_safetensors_student
+from kdcore.methods import registry
+from kdcore.pipeline import run
+from kdcore.spec import load_spec, parse_spec
+
+CONV_TEACHER = {
+    "arch": "convnet",
+    "kwargs": {"channels": [16, 32]},
+    "train": {"epochs": 1, "batch_size": 64},
+}
+CONV_STUDENT = {"arch": "convnet", "kwargs": {"channels": [4, 8]}}
+BLOCKS = {"student_layers": ["block1", "block2"], "teacher_layers": ["block1", "block2"]}
+METHODS: dict[str, dict[str, Any]] = {
+    "kd": {},
+    "dkd": {"warmup": 1},
+    "fitnets": BLOCKS,
+    "at": BLOCKS,
+    "sp": {"student_layers": ["block2"], "teacher_layers": ["block2"]},
+    "rkd": {},  # the `pool` embeddings by default
+    "cc": {},
+    # FSP needs equal widths: resnet14 → resnet8 (both 16/16/32/64), flow from layer1 to layer2.
+    "fsp": {"student_pairs": [["layer1", "layer2"]], "teacher_pairs": [["layer1", "layer2"]]},
+    "combined": {
+        "terms": [
+            {"name": "kd", "temperature": 4.0},
+            {"name": "at", "student_layers": ["block2"], "teacher_layers": ["block2"]},
+        ]
+    },
+}
+
+
+def job(name: str, method: dict[str, Any], **over: Any) -> dict[str, Any]:
+    resnets = name == "fsp"
+    spec = {
+        "name": f"e2e-{name}",
+        "teacher": {**CONV_TEACHER, "arch": "resnet14", "kwargs": {}} if resnets else CONV_TEACHER,
+        "student": {"arch": "resnet8"} if resnets else CONV_STUDENT,
+        "data": {"source": "digits"},
+        "method": {"name": name, **method},
+        "train": {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003}},
+        "evaluate": {"latency_runs": 1, "latency_batch_size": 4},
+        "export": ["safetensors"],
+    }
+    spec.update(over)
+    return spec
+
+
+def test_every_registered_method_is_exercised() -> None:
+    assert set(METHODS) == set(registry.names()) - {"ce"}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_runs_end_to_end_and_exports(name: str, tmp_path: Path) -> None:
+    spec = parse_spec(job(name, METHODS[name]))
+    report = run(spec, tmp_path)
+    assert report["method"]["name"] == name
+    assert [h["epoch"] for h in report["history"]] == [1]
+    assert math.isfinite(report["history"][0]["train_loss"])
+    method = registry.build(name, spec.method.model_extra)
+    # Cached teacher logits only when no teacher feature is needed.
+    assert report["teacher_cache"] is (not method.teacher_layers())
+    # The exported student loads back and scores what the report says.
+    student = load_safetensors_student(tmp_path / "student.safetensors", tmp_path / "student.json")
+    data = load_data(spec.data)
+    reloaded = accuracy(student, data.x_val, data.y_val, device=torch.device("cpu"))
+    assert reloaded == pytest.approx(report["student"]["accuracy"], abs=1e-3)
+
+
+def test_wrong_layer_name_through_distill_run_lists_the_modules(tmp_path: Path) -> None:
+    spec = job("at", {"student_layers": ["block9"], "teacher_layers": ["block2"]})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())  # the console wraps long lines
+    assert "method.student_layers" in text and "'block9'" in text
+    # Real module names of the student with their output shapes (batch of 2 in the dry run).
+    assert "block1 (2, 4, 8, 8)" in text and "pool (2, 8)" in text
+
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.mark.parametrize(
+    "example", ["digits-conv-combined.yaml", "digits-conv-at.yaml", "digits-resnet-fsp.yaml"]
+)
+def test_method_examples_are_valid_specs(example: str) -> None:
+    spec = load_spec(EXAMPLES / example)
+    registry.build(spec.method.name, spec.method.model_extra)
