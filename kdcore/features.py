@@ -103,3 +103,9 @@ class FeatureHooks:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def check_layers(model: nn.Module, names: Sequence[str], field: str, example: Tensor) -> None:
+    """Fail fast on a wrong layer name: before any training, not when the stage needing it
+    starts."""
+    FeatureHooks(model, names, field, example).remove()

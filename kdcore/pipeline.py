@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from kdcore.data.augment import make_augment
 from kdcore.data.dataset import Dataset
 from kdcore.errors import InputError
 from kdcore.export import export_student
+from kdcore.features import check_layers
 from kdcore.gates import check_gates
 from kdcore.methods import registry as methods
 from kdcore.models.loaders import load_state_dict_file, load_teacher, load_weights
@@ -76,12 +77,20 @@ def build_student(spec: JobSpec, data: Dataset) -> nn.Module:
 
 
 def resolve_teacher(
-    spec: JobSpec, data: Dataset, callbacks: Callbacks, checkpoints: CheckpointStore | None
+    spec: JobSpec,
+    data: Dataset,
+    callbacks: Callbacks,
+    checkpoints: CheckpointStore | None,
+    layers: Sequence[str] = (),
 ) -> tuple[nn.Module, list[dict]]:
-    """Load the teacher from its file, or train it here first; returns it frozen."""
+    """Load the teacher from its file, or train it here first; returns it frozen. `layers` (the
+    teacher modules the method reads) are checked before any training."""
     t = spec.teacher
+    example = data.x_train[:2]
     if t.source != "train":
-        return load_teacher(t, data.input_shape, data.num_classes), []
+        teacher = load_teacher(t, data.input_shape, data.num_classes)
+        check_layers(teacher, layers, "method.teacher_layers", example)
+        return teacher, []
     assert t.arch is not None and t.train is not None
     if data.y_train_all is not None:
         data = dataclasses.replace(data, y_train=data.y_train_all)
@@ -90,6 +99,7 @@ def resolve_teacher(
             "teacher.train", "training a teacher needs labelled rows; the data has none"
         )
     teacher = _build(t.arch, t.kwargs, data, "teacher.kwargs", t.train.seed)
+    check_layers(teacher, layers, "method.teacher_layers", example)
     result = fit(
         teacher,
         methods.build("ce"),
@@ -136,8 +146,17 @@ def run(
     with timer.stage("data"):
         data = load_data(spec.data)
     augment = make_augment(spec.data.augment)
+    method = methods.build(spec.method.name, spec.method.model_extra)
+    check_layers(
+        build_student(spec, data),
+        method.student_layers(),
+        "method.student_layers",
+        data.x_train[:2],
+    )
     with timer.stage("teacher"):
-        teacher, teacher_history = resolve_teacher(spec, data, cb, checkpoints)
+        teacher, teacher_history = resolve_teacher(
+            spec, data, cb, checkpoints, method.teacher_layers()
+        )
 
     baseline = None
     if spec.evaluate.baseline:
@@ -162,7 +181,6 @@ def run(
 
     with timer.stage("distill"):
         student = build_student(spec, data)
-        method = methods.build(spec.method.name, spec.method.model_extra)
         result = fit(
             student,
             method,

@@ -243,7 +243,9 @@ def fit(
                 scaler.scale(loss).backward()
                 if train.grad_clip:
                     scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(student.parameters(), train.grad_clip)
+                    nn.utils.clip_grad_norm_(
+                        [p for g in optimizer.param_groups for p in g["params"]], train.grad_clip
+                    )
                 scaler.step(optimizer)
                 scaler.update()
                 total += loss.item() * len(idx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from client.cli import app
+from kdcore.callbacks import Callbacks
 from kdcore.data import load_data
 from kdcore.evaluate import accuracy
 from kdcore.export import load_safetensors_student
@@ -93,6 +94,23 @@ def test_wrong_layer_name_through_distill_run_lists_the_modules(tmp_path: Path) 
     assert "method.student_layers" in text and "'block9'" in text
     # Real module names of the student with their output shapes (batch of 2 in the dry run).
     assert "block1 (2, 4, 8, 8)" in text and "pool (2, 8)" in text
+    # Found before any training: no stage checkpoint was written, the teacher's included.
+    assert not list((tmp_path / "o" / "checkpoints").glob("*.ckpt.pt"))
+
+
+def test_wrong_teacher_layer_fails_before_teacher_training(tmp_path: Path) -> None:
+    from kdcore.errors import InputError
+
+    class Trained(Callbacks):
+        stages: ClassVar[list[str]] = []
+
+        def on_step(self, stage: str, epoch: int, step: int, loss: float) -> None:
+            self.stages.append(stage)
+
+    spec = parse_spec(job("at", {"student_layers": ["block2"], "teacher_layers": ["nope"]}))
+    with pytest.raises(InputError, match=r"method\.teacher_layers") as info:
+        run(spec, tmp_path, callbacks=Trained())
+    assert "'nope'" in str(info.value) and Trained.stages == []
 
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
