@@ -17,17 +17,27 @@ from typing import Any
 import yaml
 
 from client.errors import FieldError, InvalidSpec
+from kdcore.spec import set_path
 
 UPLOAD_PREFIX = "upload:"
 BUILTIN_DATA = frozenset({"digits", "synthetic"})
-# (section, key, upload kind): the file fields of kdcore.spec.file_references
-FILE_FIELDS: tuple[tuple[str, str, str], ...] = (
-    ("teacher", "checkpoint", "model"),
-    ("teacher", "torchscript", "model"),
-    ("teacher", "onnx", "model"),
-    ("student", "checkpoint", "model"),
-    ("data", "source", "dataset"),
-)
+MODEL_KEYS = ("checkpoint", "torchscript", "onnx")
+
+
+def file_fields(spec: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """(field path, value, upload kind) of every file field of a plain spec dict: the fields
+    kdcore.spec.file_references reports for a validated spec."""
+
+    def section(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    fields = [(f"teacher.{k}", section(spec.get("teacher")).get(k), "model") for k in MODEL_KEYS]
+    teachers = spec.get("teachers")
+    for i, entry in enumerate(teachers if isinstance(teachers, list) else []):
+        fields += [(f"teachers.{i}.{k}", section(entry).get(k), "model") for k in MODEL_KEYS]
+    fields.append(("student.checkpoint", section(spec.get("student")).get("checkpoint"), "model"))
+    fields.append(("data.source", section(spec.get("data")).get("source"), "dataset"))
+    return fields
 
 
 @dataclass(frozen=True)
@@ -60,23 +70,22 @@ def local_files(spec: dict[str, Any], base: Path) -> list[LocalFile]:
     against `base`; InvalidSpec naming every field whose file is missing."""
     found: list[LocalFile] = []
     missing: list[FieldError] = []
-    for section, key, kind in FILE_FIELDS:
-        value = (spec.get(section) or {}).get(key) if isinstance(spec.get(section), dict) else None
+    for loc, value, kind in file_fields(spec):
         if not isinstance(value, str) or not value or value.startswith(UPLOAD_PREFIX):
             continue
-        if section == "data" and value in BUILTIN_DATA:
+        if loc == "data.source" and value in BUILTIN_DATA:
             continue
         path = Path(value).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
             missing.append(
                 FieldError(
-                    f"{section}.{key}",
+                    loc,
                     f"{value!r}: no such file (relative paths are read from {base})",
                 )
             )
             continue
-        found.append(LocalFile(f"{section}.{key}", kind, path))
+        found.append(LocalFile(loc, kind, path))
     if missing:
         raise InvalidSpec(missing)
     return found
@@ -86,6 +95,5 @@ def with_uploads(spec: dict[str, Any], refs: dict[str, str]) -> dict[str, Any]:
     """A copy of the spec with file fields ("teacher.onnx") replaced by `upload:<id>` refs."""
     out = copy.deepcopy(spec)
     for loc, ref in refs.items():
-        section, key = loc.split(".")
-        out[section][key] = ref
+        set_path(out, loc, ref)
     return out

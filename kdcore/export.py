@@ -277,6 +277,10 @@ def load_safetensors_student(weights: Path, config_path: Path) -> nn.Module:
     )
     state = safetensors.torch.load_file(str(weights), device="cpu")
     model.load_state_dict(state, strict=True)
+    if "output" in config:  # a student whose forward returns more than the logits
+        from kdcore.models.outputs import LogitsOutput
+
+        model = LogitsOutput(model, config["output"], "student.output")
     return model.eval()
 
 

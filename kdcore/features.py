@@ -16,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from kdcore.errors import InputError
 from kdcore.models.loaders import OnnxModel
+from kdcore.models.outputs import hook_target
 
 
 def _first_tensor(output: Any) -> Tensor | None:
@@ -32,6 +33,7 @@ def _first_tensor(output: Any) -> Tensor | None:
 @torch.no_grad()
 def module_shapes(model: nn.Module, example: Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """Every named submodule with the shape of its output on `example` (one dry forward)."""
+    runner, model = model, hook_target(model)
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, module in model.named_modules():
@@ -47,7 +49,7 @@ def module_shapes(model: nn.Module, example: Tensor) -> list[tuple[str, tuple[in
     was_training = model.training
     model.eval()
     try:
-        model(example)
+        runner(example)
     finally:
         model.train(was_training)
         for h in handles:
@@ -69,6 +71,7 @@ class FeatureHooks:
         self._handles: list[RemovableHandle] = []
         if not names:
             return
+        model = hook_target(model)
         if isinstance(model, (torch.jit.ScriptModule, OnnxModel)):
             raise InputError(
                 field,

@@ -29,9 +29,13 @@ from kdcore.export import export_student
 from kdcore.features import check_layers
 from kdcore.gates import check_gates
 from kdcore.methods import registry as methods
+from kdcore.methods.base import Method
 from kdcore.models.loaders import load_state_dict_file, load_teacher, load_weights
+from kdcore.models.outputs import LogitsOutput, with_logits
 from kdcore.models.registry import build_model
-from kdcore.spec import JobSpec
+from kdcore.schemes import multi_teacher
+from kdcore.schemes.multi_teacher import TeacherEnsemble
+from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
 from kdcore.train import fit, freeze, select_device
 
 
@@ -73,7 +77,7 @@ def build_student(spec: JobSpec, data: Dataset) -> nn.Module:
     if spec.student.checkpoint:
         state = load_state_dict_file(spec.student.checkpoint, field="student.checkpoint")
         load_weights(model, state, "student.checkpoint", what=spec.student.arch)
-    return model
+    return with_logits(model, spec.student.output, "student.output", data.x_train[:2])
 
 
 def resolve_teacher(
@@ -82,36 +86,79 @@ def resolve_teacher(
     callbacks: Callbacks,
     checkpoints: CheckpointStore | None,
     layers: Sequence[str] = (),
+    *,
+    teacher: TeacherSpec | None = None,
+    field: str = "teacher",
+    stage: str = "teacher",
 ) -> tuple[nn.Module, list[dict]]:
     """Load the teacher from its file, or train it here first; returns it frozen. `layers` (the
-    teacher modules the method reads) are checked before any training."""
-    t = spec.teacher
+    teacher modules the method reads) are checked before any training. `teacher` (default
+    `spec.teacher`), `field` and `stage` let multi-teacher jobs resolve each of `teachers`."""
+    t = teacher if teacher is not None else spec.teacher
+    assert t is not None
     example = data.x_train[:2]
     if t.source != "train":
-        teacher = load_teacher(t, data.input_shape, data.num_classes)
-        check_layers(teacher, layers, "method.teacher_layers", example)
-        return teacher, []
+        model = load_teacher(t, data.input_shape, data.num_classes, field=field)
+        check_layers(model, layers, "method.teacher_layers", example)
+        return model, []
     assert t.arch is not None and t.train is not None
     if data.y_train_all is not None:
         data = dataclasses.replace(data, y_train=data.y_train_all)
     if data.n_labeled == 0:
         raise InputError(
-            "teacher.train", "training a teacher needs labelled rows; the data has none"
+            f"{field}.train", "training a teacher needs labelled rows; the data has none"
         )
-    teacher = _build(t.arch, t.kwargs, data, "teacher.kwargs", t.train.seed)
-    check_layers(teacher, layers, "method.teacher_layers", example)
+    model = _build(t.arch, t.kwargs, data, f"{field}.kwargs", t.train.seed)
+    model = with_logits(model, t.output, f"{field}.output", example)
+    check_layers(model, layers, "method.teacher_layers", example)
     result = fit(
-        teacher,
+        model,
         methods.build("ce"),
         data,
         t.train,
-        stage="teacher",
+        stage=stage,
         augment=make_augment(spec.data.augment),
         callbacks=callbacks,
         checkpoints=checkpoints,
-        fingerprint=fingerprint(spec.teacher, spec.data),
+        fingerprint=fingerprint(t, spec.data),
     )
-    return freeze(teacher), [r.to_dict() for r in result.history]
+    return freeze(model), [r.to_dict() for r in result.history]
+
+
+def resolve_teachers(
+    spec: JobSpec,
+    data: Dataset,
+    callbacks: Callbacks,
+    checkpoints: CheckpointStore | None,
+    method: Method,
+) -> tuple[nn.Module | None, list[nn.Module], list[list[dict]]]:
+    """The teacher the distillation stage runs with (one teacher, an ensemble of `teachers`, or
+    None when the method needs no teacher and the spec gives none), each teacher, and each
+    teacher's training history. Stages: `teacher`, or `teacher1`, `teacher2`, ..."""
+    if spec.teacher is not None:
+        model, history = resolve_teacher(
+            spec, data, callbacks, checkpoints, method.teacher_layers()
+        )
+        return model, [model], [history]
+    if spec.teachers is None:
+        return None, [], []
+    settings = spec.multi_teacher or MultiTeacherSpec()
+    members, histories = [], []
+    for i, entry in enumerate(spec.teachers):
+        model, history = resolve_teacher(
+            spec,
+            data,
+            callbacks,
+            checkpoints,
+            method.teacher_layers() if i == settings.feature_teacher else (),
+            teacher=multi_teacher.without_weight(entry),
+            field=f"teachers.{i}",
+            stage=f"teacher{i + 1}",
+        )
+        members.append(model)
+        histories.append(history)
+    ensemble = multi_teacher.build(spec, members, method.hparams, bool(method.teacher_layers()))
+    return ensemble, members, histories
 
 
 def _summary(model: nn.Module, data: Dataset, spec: JobSpec) -> dict[str, Any]:
@@ -154,9 +201,7 @@ def run(
         data.x_train[:2],
     )
     with timer.stage("teacher"):
-        teacher, teacher_history = resolve_teacher(
-            spec, data, cb, checkpoints, method.teacher_layers()
-        )
+        teacher, members, histories = resolve_teachers(spec, data, cb, checkpoints, method)
 
     baseline = None
     if spec.evaluate.baseline:
@@ -179,6 +224,10 @@ def run(
                 "history": [r.to_dict() for r in res.history],
             }
 
+    teacher_parts: list[BaseModel] = [spec.teacher] if spec.teacher is not None else []
+    if spec.teachers is not None:
+        teacher_parts = [*spec.teachers, spec.multi_teacher or MultiTeacherSpec()]
+    teacher_mode = "train" if any(t.mode == "train" for _, t in teacher_specs(spec)) else "eval"
     with timer.stage("distill"):
         student = build_student(spec, data)
         result = fit(
@@ -191,16 +240,38 @@ def run(
             augment=augment,
             callbacks=cb,
             checkpoints=checkpoints,
-            fingerprint=fingerprint(spec.student, spec.data, spec.train, spec.method, spec.teacher),
+            fingerprint=fingerprint(
+                spec.student, spec.data, spec.train, spec.method, *teacher_parts
+            ),
+            teacher_mode=teacher_mode,
+            cache_teacher=not isinstance(teacher, TeacherEnsemble) or teacher.combine == "average",
         )
 
     with timer.stage("evaluate"):
-        cb.on_stage_start("evaluate", 1, 2)
-        teacher_summary = _summary(teacher.cpu(), data, spec)
-        cb.on_step("evaluate", 1, 1, 0.0)
+        n_eval = len(members) + 1
+        cb.on_stage_start("evaluate", 1, n_eval)
+        summaries = []
+        for i, member in enumerate(members, start=1):
+            summaries.append(_summary(member.cpu(), data, spec))
+            cb.on_step("evaluate", 1, i, 0.0)
         student_summary = _summary(student.cpu(), data, spec)
-        cb.on_step("evaluate", 1, 2, 0.0)
+        ensemble_accuracy = None
+        if isinstance(teacher, TeacherEnsemble) and teacher.combine == "average":
+            ensemble_accuracy = round(evaluate.accuracy(teacher.cpu(), data.x_val, data.y_val), 4)
+        cb.on_step("evaluate", 1, n_eval, 0.0)
         cb.on_stage_end("evaluate")
+        teacher_section: dict[str, Any] | None = None
+        if spec.teacher is not None:
+            teacher_section = {
+                "source": spec.teacher.source,
+                "arch": spec.teacher.arch,
+                **summaries[0],
+                "history": histories[0],
+            }
+        elif spec.teachers is not None:
+            teacher_section = multi_teacher.report_section(
+                spec, summaries, histories, ensemble_accuracy
+            )
 
     with timer.stage("export"):
         cb.on_stage_start("export", 1, 1)
@@ -212,29 +283,32 @@ def run(
             "num_classes": data.num_classes,
             "normalization": data.normalization,
         }
+        if isinstance(student, LogitsOutput):  # rebuilt with the same output selection
+            config["output"] = student.key
         artifacts = export_student(student, spec.export, out, data.x_val[:8], config)
         cb.on_step("export", 1, 1, 0.0)
         cb.on_stage_end("export")
 
-    gap = teacher_summary["accuracy"] - student_summary["accuracy"]
+    teacher_acc = teacher_section["accuracy"] if teacher_section else None
+    gap = None if teacher_acc is None else round(teacher_acc - student_summary["accuracy"], 4)
+    compression = (
+        round(teacher_section["params"] / max(student_summary["params"], 1), 3)
+        if teacher_section
+        else None
+    )
     report: dict[str, Any] = {
         "name": spec.name,
         "method": {"name": spec.method.name, **spec.method.params().model_dump()},
-        "teacher": {
-            "source": spec.teacher.source,
-            "arch": spec.teacher.arch,
-            **teacher_summary,
-            "history": teacher_history,
-        },
+        "teacher": teacher_section,
         "student": {
             "arch": spec.student.arch,
             **student_summary,
             "best_accuracy": round(result.best_accuracy, 4),
         },
         "baseline": baseline,
-        "gap": round(gap, 4),
-        "compression": round(teacher_summary["params"] / max(student_summary["params"], 1), 3),
-        "gates": check_gates(spec.gates, teacher_summary["accuracy"], student_summary["accuracy"]),
+        "gap": gap,
+        "compression": compression,
+        "gates": check_gates(spec.gates, teacher_acc or 0.0, student_summary["accuracy"]),
         "artifacts": [a.to_dict() for a in artifacts],
         "history": [r.to_dict() for r in result.history],
         "data": {

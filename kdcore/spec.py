@@ -74,6 +74,18 @@ class TeacherSpec(Strict):
     torchscript: str | None = None
     onnx: str | None = None
     train: TeacherTrainSpec | None = None
+    output: int | str | None = Field(
+        None,
+        description="where the logits are when forward returns a tuple/list (an index), a dict "
+        "(a key) or an object (an attribute); default: the tensor itself, else the first "
+        "element / 'logits' key / .logits attribute (ONNX: an output index or name)",
+    )
+    mode: Literal["eval", "train"] = Field(
+        "eval",
+        description="eval: BatchNorm uses its running statistics, dropout off; train: BatchNorm "
+        "uses each batch's statistics (running statistics are not updated), dropout on. "
+        "Either way no teacher parameter is ever trained",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
@@ -87,6 +99,11 @@ class TeacherSpec(Strict):
             raise ValueError(f"teacher.{given[0]} needs teacher.arch (a zoo architecture)")
         if given[0] in ("torchscript", "onnx") and (self.arch or self.kwargs):
             raise ValueError(f"teacher.{given[0]} carries its own architecture; remove arch/kwargs")
+        if self.mode == "train" and given[0] in ("torchscript", "onnx"):
+            raise ValueError(
+                f"teacher.mode train needs a teacher with an architecture (checkpoint or train), "
+                f"not {given[0]}; use mode eval"
+            )
         return self
 
     @property
@@ -97,10 +114,39 @@ class TeacherSpec(Strict):
         raise AssertionError("validated above")
 
 
+class TeacherEntry(TeacherSpec):
+    """One of several teachers (`teachers:`): a teacher plus its weight."""
+
+    weight: float = Field(
+        1.0, gt=0, description="share in the averaged soft targets, or chance of being drawn"
+    )
+
+
+class MultiTeacherSpec(Strict):
+    """How several teachers (`teachers:`) teach together."""
+
+    combine: Literal["average", "random"] = Field(
+        "average",
+        description="average: the weighted mean of the teachers' probabilities at temperature T "
+        "is the soft target; random: one teacher, drawn by weight, teaches each step",
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="T for average; default: the method's temperature, else 1"
+    )
+    feature_teacher: int = Field(
+        0, ge=0, description="index of the teacher whose layers feature methods read"
+    )
+
+
 class StudentSpec(Strict):
     arch: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="optional starting weights (state dict)")
+    output: int | str | None = Field(
+        None,
+        description="where the logits are when forward returns a tuple/list, dict or object "
+        "(as teacher.output); the exported student returns the logits alone",
+    )
 
 
 class SyntheticSpec(Strict):
@@ -174,7 +220,11 @@ ALL_FORMATS: list[ExportFormat] = ["torchscript", "torch_export", "onnx", "safet
 
 class JobSpec(Strict):
     name: str = Field(..., min_length=1, max_length=200)
-    teacher: TeacherSpec
+    teacher: TeacherSpec | None = None
+    teachers: list[TeacherEntry] | None = Field(
+        None, min_length=1, description="several teachers instead of one (see multi_teacher)"
+    )
+    multi_teacher: MultiTeacherSpec | None = None
     student: StudentSpec
     data: DataSpec
     method: MethodSpec = MethodSpec()
@@ -222,9 +272,14 @@ def parse_spec(data: Any) -> JobSpec:
             spec.method.params()
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, ("method",)))
+    errors.extend(_teacher_errors(spec))
     from kdcore.models import registry as models
 
-    for loc, arch in (("teacher.arch", spec.teacher.arch), ("student.arch", spec.student.arch)):
+    archs = [("student.arch", spec.student.arch)]
+    if spec.teacher is not None:
+        archs.insert(0, ("teacher.arch", spec.teacher.arch))
+    archs += [(f"teachers.{i}.arch", t.arch) for i, t in enumerate(spec.teachers or [])]
+    for loc, arch in archs:
         if arch is not None and arch not in models.names():
             errors.append(
                 (loc, f"{arch!r} is not a known architecture; known: {', '.join(models.names())}")
@@ -232,6 +287,38 @@ def parse_spec(data: Any) -> JobSpec:
     if errors:
         raise SpecError(errors)
     return spec
+
+
+def _teacher_errors(spec: JobSpec) -> list[tuple[str, str]]:
+    """Who teaches: exactly one of teacher / teachers."""
+    errors: list[tuple[str, str]] = []
+    if spec.teacher is not None and spec.teachers is not None:
+        errors.append(("teachers", "give either teacher (one) or teachers (several), not both"))
+    if spec.multi_teacher is not None and spec.teachers is None:
+        errors.append(("multi_teacher", "only used with teachers (a list of several teachers)"))
+    if spec.teachers is not None and spec.multi_teacher is not None:
+        index = spec.multi_teacher.feature_teacher
+        if index >= len(spec.teachers):
+            errors.append(
+                (
+                    "multi_teacher.feature_teacher",
+                    f"{index} is not an index of teachers (0..{len(spec.teachers) - 1})",
+                )
+            )
+    if spec.teacher is None and spec.teachers is None:
+        # Every method learns from a teacher for now; a teacher-free method will relax this
+        # (the report's teacher section and gap are then null, which readers must accept first).
+        errors.append(
+            ("teacher", "required field is missing; give teacher (one) or teachers (several)")
+        )
+    return errors
+
+
+def teacher_specs(spec: JobSpec) -> list[tuple[str, TeacherSpec]]:
+    """(field path, teacher) for every teacher the spec names: `teacher`, or `teachers.<i>`."""
+    if spec.teacher is not None:
+        return [("teacher", spec.teacher)]
+    return [(f"teachers.{i}", t) for i, t in enumerate(spec.teachers or [])]
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -259,11 +346,11 @@ def file_references(spec: JobSpec) -> list[tuple[str, str, str]]:
     A value may be a path or `upload:<id>`, a file uploaded to the service beforehand.
     """
     refs = [
-        ("teacher.checkpoint", spec.teacher.checkpoint, "model"),
-        ("teacher.torchscript", spec.teacher.torchscript, "model"),
-        ("teacher.onnx", spec.teacher.onnx, "model"),
-        ("student.checkpoint", spec.student.checkpoint, "model"),
+        (f"{loc}.{key}", getattr(t, key), "model")
+        for loc, t in teacher_specs(spec)
+        for key in ("checkpoint", "torchscript", "onnx")
     ]
+    refs.append(("student.checkpoint", spec.student.checkpoint, "model"))
     if spec.data.source not in ("digits", "synthetic"):
         refs.append(("data.source", spec.data.source, "dataset"))
     return [(loc, value, kind) for loc, value, kind in refs if value]
@@ -273,9 +360,17 @@ def with_files(spec: JobSpec, replace: dict[str, str]) -> JobSpec:
     """A copy of `spec` whose file fields (by path, as in `file_references`) are replaced."""
     data = spec.model_dump()
     for loc, value in replace.items():
-        section, key = loc.split(".")
-        data[section][key] = value
+        set_path(data, loc, value)
     return JobSpec.model_validate(data)
+
+
+def set_path(data: dict[str, Any], loc: str, value: Any) -> None:
+    """Set `data` at a dotted field path such as "teachers.1.onnx" (list indexes as numbers)."""
+    *parents, key = loc.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[key] = value
 
 
 def resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
@@ -287,8 +382,9 @@ def resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
         candidate = base / p
         return str(candidate) if candidate.exists() or not Path(p).exists() else p
 
-    t, s, d = spec.teacher, spec.student, spec.data
-    t.checkpoint, t.torchscript, t.onnx = fix(t.checkpoint), fix(t.torchscript), fix(t.onnx)
+    s, d = spec.student, spec.data
+    for _, t in teacher_specs(spec):
+        t.checkpoint, t.torchscript, t.onnx = fix(t.checkpoint), fix(t.torchscript), fix(t.onnx)
     s.checkpoint = fix(s.checkpoint)
     if d.source not in ("digits", "synthetic"):
         d.source = fix(d.source) or d.source

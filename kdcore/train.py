@@ -62,9 +62,21 @@ def make_scheduler(
     return None
 
 
-def freeze(model: nn.Module) -> nn.Module:
-    """A frozen teacher: eval mode (BatchNorm statistics fixed) and no gradients."""
-    model.eval()
+def freeze(model: nn.Module, mode: str = "eval") -> nn.Module:
+    """A frozen teacher: no parameter requires a gradient, and
+
+    - `eval` (default): eval mode, BatchNorm normalises with its running statistics;
+    - `train`: train mode (dropout on), BatchNorm normalises with each batch's statistics and
+      never updates its running statistics (`track_running_stats` off; in eval mode, e.g. when
+      the teacher's accuracy is measured, it still uses the stored ones).
+    """
+    if mode == "train":
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.track_running_stats = False
+    else:
+        model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -167,11 +179,15 @@ def fit(
     checkpoints: CheckpointStore | None = None,
     cache_teacher: bool = True,
     fingerprint: str = "",
+    teacher_mode: str = "eval",
 ) -> FitResult:
     """Train `student` with `method` (and a frozen `teacher`, when the method needs one).
 
     A checkpoint of `stage` is resumed only when its `fingerprint` (a digest of the settings that
     shape this stage) matches; a stale one from another job is ignored and overwritten.
+    `teacher_mode` is the teacher's `freeze` mode; a `train`-mode teacher's logits are never
+    cached (they depend on the batch). A teacher with a `start_step(epoch, step)` method is told
+    each step before it runs (a multi-teacher drawing one teacher per step).
     """
     cb = callbacks or Callbacks()
     device = select_device(train.device)
@@ -180,7 +196,7 @@ def fit(
     if method.needs_teacher:
         if teacher is None:
             raise ValueError(f"{stage}: the method needs a teacher")
-        freeze(teacher).to(device)
+        freeze(teacher, teacher_mode).to(device)
     else:
         teacher = None
     hooks = _attach_feature_hooks(student, teacher, method, data.x_train[:2].to(device))
@@ -212,8 +228,13 @@ def fit(
     y_train = data.y_train.to(device)
     # Cached logits skip the teacher's forward, so a method reading teacher features needs it live.
     use_cache = (
-        cache_teacher and augment is None and teacher is not None and not method.teacher_layers()
+        cache_teacher
+        and augment is None
+        and teacher is not None
+        and teacher_mode == "eval"
+        and not method.teacher_layers()
     )
+    start_step = getattr(teacher, "start_step", None)
     teacher_out = _TeacherOutputs(teacher, data.x_train, use_cache, device)
     result.teacher_cache_used = teacher_out.cached is not None
     steps = len(batches(len(x_train), train.batch_size, torch.Generator()))
@@ -233,6 +254,8 @@ def fit(
                 xb, yb = x_train[idx_dev], y_train[idx_dev]
                 if augment is not None:
                     xb = augment(xb, generator)
+                if start_step is not None:
+                    start_step(epoch + 1, step)
                 with _autocast(device, amp):
                     teacher_logits = teacher_out(idx_dev, xb)
                     out = StepOutputs(

@@ -20,23 +20,29 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from kdcore.callbacks import Callbacks, EpochRecord
-from kdcore.spec import JobSpec
+from kdcore.spec import JobSpec, teacher_specs
 from store.db import session_scope
 from store.jobs import Claim, add_event, record_metrics, report_progress
 from worker.lease import Lease
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("teacher", "baseline", "distill", "evaluate", "export")
 TRAIN_SHARE = 0.95  # the rest is evaluation and export, split evenly
 METRICS = ("train_loss", "student_accuracy", "lr")
+
+
+def teacher_stage(loc: str) -> str:
+    """The pipeline's stage name for a teacher trained in the job: "teacher" for `teacher`,
+    "teacher1", "teacher2", ... for `teachers.0`, `teachers.1`, ..."""
+    return "teacher" if loc == "teacher" else f"teacher{int(loc.split('.')[1]) + 1}"
 
 
 def stage_weights(spec: JobSpec) -> dict[str, float]:
     """Each stage's share of the job's progress, summing to 1, for the stages `spec` runs."""
     epochs: dict[str, float] = {}
-    if spec.teacher.train is not None:
-        epochs["teacher"] = spec.teacher.train.epochs
+    for loc, teacher in teacher_specs(spec):
+        if teacher.train is not None:  # stages "teacher", or "teacher1", "teacher2", ...
+            epochs[teacher_stage(loc)] = teacher.train.epochs
     if spec.evaluate.baseline:
         epochs["baseline"] = spec.train.epochs
     epochs["distill"] = spec.train.epochs
@@ -54,10 +60,11 @@ class ProgressModel:
         self.steps: dict[str, tuple[int, int]] = {}  # stage -> (epochs, steps per epoch)
 
     def _before(self, stage: str) -> float:
-        if stage not in STAGE_ORDER:
+        """The share of the stages that run before `stage` (weights are in running order)."""
+        order = list(self.weights)
+        if stage not in order:
             return 0.0
-        earlier = STAGE_ORDER[: STAGE_ORDER.index(stage)]
-        return sum(self.weights.get(s, 0.0) for s in earlier)
+        return sum(self.weights[s] for s in order[: order.index(stage)])
 
     def start(self, stage: str, epochs: int, steps_per_epoch: int) -> float:
         self.steps[stage] = (max(epochs, 1), max(steps_per_epoch, 1))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.errors import InputError
+from kdcore.models.outputs import with_logits
 from kdcore.models.registry import build_model
 from kdcore.spec import TeacherSpec
 
@@ -204,7 +205,9 @@ class OnnxModel(nn.Module):
     teacher exported with batch 1 still works with any training batch size.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(
+        self, path: str | Path, threads: int | None = None, output: int | str | None = None
+    ):
         super().__init__()
         import onnxruntime as ort
 
@@ -217,7 +220,7 @@ class OnnxModel(nn.Module):
         self.session = ort.InferenceSession(
             self.path, sess_options=options, providers=["CPUExecutionProvider"]
         )
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        inp, out = self.session.get_inputs()[0], _pick_output(self.session.get_outputs(), output)
         self.input_name, self.output_name = inp.name, out.name
         self.input_dtype = _ORT_TO_NUMPY.get(inp.type, np.float32)
         self.input_dims: list[int | str | None] = list(inp.shape)
@@ -276,6 +279,20 @@ class OnnxModel(nn.Module):
         self.session = ort.InferenceSession(
             self.path, sess_options=options, providers=["CPUExecutionProvider"]
         )
+
+
+def _pick_output(outputs: Sequence[Any], key: int | str | None) -> Any:
+    """The ONNX graph output holding the logits: the first, or the one named/indexed by key."""
+    names = [o.name for o in outputs]
+    if key is None:
+        return outputs[0]
+    if isinstance(key, int) and -len(outputs) <= key < len(outputs):
+        return outputs[key]
+    if isinstance(key, str) and key in names:
+        return outputs[names.index(key)]
+    raise ModelLoadError(
+        "teacher.output", f"{key!r} is not an output of the ONNX graph; its outputs: {names}"
+    )
 
 
 def count_params(model: nn.Module) -> int:
@@ -394,7 +411,9 @@ def load_teacher(
         assert spec.onnx is not None
         p = _existing_file(spec.onnx, loc)
         try:
-            model = OnnxModel(p)
+            model = OnnxModel(p, output=spec.output)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{field}.output", exc.message) from None
         except Exception as exc:
             raise ModelLoadError(
                 loc,
@@ -403,5 +422,12 @@ def load_teacher(
             ) from None
         _check_onnx_input(model, shape, loc)
     _freeze(model)
+    if source != "onnx":
+        try:
+            model = with_logits(model, spec.output, f"{field}.output", torch.zeros(2, *shape))
+        except InputError:
+            raise
+        except Exception:
+            pass  # the model cannot run on the data's shape: check_output_shape says so below
     check_output_shape(model, shape, num_classes, loc)
     return model

@@ -21,7 +21,7 @@ from client.errors import error_from_response as to_error
 from client.gates import effective_gates, judge
 from client.outcome import Outcome
 from client.sdk import Distillery, Job
-from client.specfile import FILE_FIELDS, local_files, with_uploads
+from client.specfile import file_fields, local_files, with_uploads
 from client.sse import events
 from kdcore.spec import JobSpec, file_references
 from store.auth import authenticate, hash_key
@@ -33,22 +33,31 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_client_knows_every_file_field_of_the_spec() -> None:
     """The fields kdcore.spec.file_references reports, over every kind of teacher."""
-    seen = set()
-    for teacher in (
-        {"arch": "mlp", "checkpoint": "t.pt"},
-        {"onnx": "t.onnx"},
-        {"torchscript": "t.pt"},
+    for teachers in (
+        {"teacher": {"arch": "mlp", "checkpoint": "t.pt"}},
+        {"teacher": {"onnx": "t.onnx"}},
+        {"teacher": {"torchscript": "t.pt"}},
+        {"teachers": [{"onnx": "a.onnx"}, {"arch": "mlp", "checkpoint": "b.pt"}]},
     ):
-        spec = JobSpec.model_validate(
-            {
-                "name": "x",
-                "teacher": teacher,
-                "student": {"arch": "mlp", "checkpoint": "s.pt"},
-                "data": {"source": "d.npz"},
-            }
-        )
-        seen |= {(loc, kind) for loc, _, kind in file_references(spec)}
-    assert {(f"{s}.{k}", kind) for s, k, kind in FILE_FIELDS} == seen
+        raw = {
+            "name": "x",
+            **teachers,
+            "student": {"arch": "mlp", "checkpoint": "s.pt"},
+            "data": {"source": "d.npz"},
+        }
+        expected = {(loc, v, kind) for loc, v, kind in file_references(JobSpec.model_validate(raw))}
+        found = {(loc, v, kind) for loc, v, kind in file_fields(raw) if v}
+        assert found == expected
+
+
+def test_a_teacher_in_a_list_is_uploaded_too(tmp_path: Path) -> None:
+    (tmp_path / "b.onnx").write_bytes(b"onnx")
+    spec = {"teachers": [{"arch": "mlp", "train": {}}, {"onnx": "b.onnx"}], "data": {}}
+    found = local_files(spec, tmp_path)
+    assert [(f.loc, f.kind, f.path) for f in found] == [
+        ("teachers.1.onnx", "model", tmp_path / "b.onnx")
+    ]
+    assert with_uploads(spec, {"teachers.1.onnx": "upload:7"})["teachers"][1]["onnx"] == "upload:7"
 
 
 def test_local_files_are_found_from_the_spec_folder(tmp_path: Path) -> None:

@@ -29,6 +29,20 @@ def test_weights_follow_the_stages_that_run() -> None:
     assert w["distill"] == pytest.approx(0.95)
 
 
+def test_each_teacher_trained_in_the_job_is_a_stage() -> None:
+    spec = {k: v for k, v in BASE.items() if k != "teacher"}
+    spec["teachers"] = [
+        {"arch": "mlp", "train": {"epochs": 10}},
+        {"onnx": "upload:abc"},
+        {"arch": "mlp", "train": {"epochs": 20}},
+    ]
+    w = stage_weights(parse_spec(spec))
+    assert list(w) == ["teacher1", "teacher3", "distill", "evaluate", "export"]
+    assert w["teacher3"] == pytest.approx(2 * w["teacher1"])
+    model = ProgressModel(w)
+    assert model.start("distill", 30, 1) == pytest.approx(w["teacher1"] + w["teacher3"])
+
+
 def test_progress_is_monotonic_and_ends_at_one() -> None:
     spec = parse_spec(BASE)
     model = ProgressModel(stage_weights(spec))

@@ -1,0 +1,44 @@
+"""Shared tiny jobs for the scheme tests: digits, a conv teacher trained one epoch in the job, a
+small student, one epoch, safetensors export only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kdcore.data import load_data
+from kdcore.evaluate import accuracy
+from kdcore.export import load_safetensors_student
+from kdcore.spec import JobSpec
+
+TEACHER: dict[str, Any] = {
+    "arch": "convnet",
+    "kwargs": {"channels": [8, 16]},
+    "train": {"epochs": 1, "batch_size": 64},
+}
+STUDENT: dict[str, Any] = {"arch": "mlp", "kwargs": {"hidden": [16]}}
+
+
+def job(name: str, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name,
+        "teacher": TEACHER,
+        "student": STUDENT,
+        "data": {"source": "digits"},
+        "method": {"name": "kd"},
+        "train": {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.003}},
+        "evaluate": {"latency_runs": 1, "latency_batch_size": 4},
+        "export": ["safetensors"],
+    }
+    spec.update(over)
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def assert_student_loads_back(spec: JobSpec, out: Path, report: dict[str, Any]) -> None:
+    student = load_safetensors_student(out / "student.safetensors", out / "student.json")
+    data = load_data(spec.data)
+    got = accuracy(student, data.x_val, data.y_val, device=torch.device("cpu"))
+    assert got == pytest.approx(report["student"]["accuracy"], abs=1e-3)
