@@ -3,10 +3,12 @@
 Registered with `shared_task` under the names in worker/app.py, so every app built by
 `make_celery` (whose `include` lists this module) knows them, `celery_app` included.
 
-CUDA hygiene: the worker's main process only imports this module and forks a fresh child per
-job (`worker_max_tasks_per_child = 1`). The heavy imports (torch, kdcore) happen inside the task,
-in the child, so the parent never initialises CUDA, which a forked child could not use. Run one
-worker process per GPU, each seeing only its device:
+CUDA hygiene: the worker's main process forks a fresh child per job
+(`worker_max_tasks_per_child = 1`) and must never initialise CUDA, which a forked child could
+not use. Importing torch does not initialise CUDA, so the parent imports the engine once at
+start-up (`_preload`): each child then starts with it loaded instead of spending seconds on
+imports before it can claim its job. Run one worker process per GPU, each seeing only its
+device:
 
     CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -Q distillery -c 1 --hostname gpu0@%h
     CUDA_VISIBLE_DEVICES=1 celery -A worker.app worker -Q distillery -c 1 --hostname gpu1@%h
@@ -19,6 +21,7 @@ import socket
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import worker_init
 
 from worker.app import RECONCILE, RUN_JOB
 
@@ -27,6 +30,16 @@ def worker_name(task: Task) -> str:
     """Which worker process holds a job (shown in the job's events)."""
     host = getattr(task.request, "hostname", None) or socket.gethostname()
     return f"{host}/{os.getpid()}"
+
+
+@worker_init.connect
+def _preload(**_: Any) -> None:
+    """Import the engine in the parent before the pool forks (CUDA stays uninitialised)."""
+    import torch
+
+    import worker.runner  # noqa: F401  (torch, kdcore, the store)
+
+    assert not torch.cuda.is_initialized(), "the worker's parent process must not touch CUDA"
 
 
 @shared_task(name=RUN_JOB, bind=True)
