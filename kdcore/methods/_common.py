@@ -7,7 +7,7 @@ one cross-entropy instead of counting CE once per method.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -88,6 +88,43 @@ class DistillTerm(Method):
         if weight:
             loss = loss + weight * masked_cross_entropy(out.student_logits, out.targets)
         return loss
+
+
+class LayerTerm(DistillTerm):
+    """A term over (student layer, teacher layer) pairs named by its `LayerParams`: the layers
+    to hook, their check after the dry forward, and the sum of a loss over the pairs."""
+
+    hparams: LayerParams
+
+    def student_layers(self) -> list[str]:
+        return list(self.hparams.student_layers)
+
+    def teacher_layers(self) -> list[str]:
+        return list(self.hparams.teacher_layers)
+
+    def setup(
+        self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
+    ) -> None:
+        self.paired_features(student_features, teacher_features)
+
+    def paired_features(
+        self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The dry-forward outputs of the named layers, in spec order (user error if absent)."""
+        p = self.hparams
+        return (
+            require_features(student_features, p.student_layers, f"{self.field}.student_layers"),
+            require_features(teacher_features, p.teacher_layers, f"{self.field}.teacher_layers"),
+        )
+
+    def pair_sum(self, out: StepOutputs, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """Σ loss(student feature, detached teacher feature) over the layer pairs."""
+        total: Tensor | None = None
+        for s, t in layer_pairs(out, self.hparams):
+            value = loss(s, t)
+            total = value if total is None else total + value
+        assert total is not None, "LayerParams requires at least one layer pair"
+        return total
 
 
 def as_float(t: Tensor) -> Tensor:

@@ -22,13 +22,11 @@ from pydantic import Field
 from torch import Tensor
 
 from kdcore.methods._common import (
-    DistillTerm,
     LayerParams,
+    LayerTerm,
     as_float,
-    layer_pairs,
     pool_to_common,
     require_4d,
-    require_features,
 )
 from kdcore.methods.base import MethodParams, StepOutputs
 from kdcore.methods.registry import register
@@ -51,30 +49,24 @@ def at_pair_loss(student: Tensor, teacher: Tensor, p: float) -> Tensor:
 
 
 @register("at")
-class AttentionTransfer(DistillTerm):
+class AttentionTransfer(LayerTerm):
     params: ClassVar[type[MethodParams]] = ATParams
     hparams: ATParams
-
-    def student_layers(self) -> list[str]:
-        return list(self.hparams.student_layers)
-
-    def teacher_layers(self) -> list[str]:
-        return list(self.hparams.teacher_layers)
 
     def setup(
         self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
     ) -> None:
         p = self.hparams
-        for names, feats, key in (
-            (p.student_layers, student_features, "student_layers"),
-            (p.teacher_layers, teacher_features, "teacher_layers"),
+        found = self.paired_features(student_features, teacher_features)
+        for names, feats, key in zip(
+            (p.student_layers, p.teacher_layers),
+            found,
+            ("student_layers", "teacher_layers"),
+            strict=True,
         ):
-            found = require_features(feats, names, f"{self.field}.{key}")
-            shapes = [(n, f.shape) for n, f in zip(names, found, strict=True)]
+            shapes = [(n, f.shape) for n, f in zip(names, feats, strict=True)]
             require_4d(shapes, f"{self.field}.{key}", "at")
 
     def distill_loss(self, out: StepOutputs) -> Tensor:
         p = self.hparams
-        total = sum(at_pair_loss(s, t, p.p) for s, t in layer_pairs(out, p))
-        assert isinstance(total, Tensor)
-        return p.beta / 2 * total
+        return p.beta / 2 * self.pair_sum(out, lambda s, t: at_pair_loss(s, t, p.p))

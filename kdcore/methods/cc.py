@@ -25,11 +25,9 @@ from pydantic import Field
 from torch import Tensor
 
 from kdcore.methods._common import (
-    DistillTerm,
     LayerParams,
+    LayerTerm,
     as_float,
-    layer_pairs,
-    require_features,
 )
 from kdcore.methods.base import MethodParams, StepOutputs
 from kdcore.methods.registry import register
@@ -62,25 +60,10 @@ def cc_pair_loss(student: Tensor, teacher: Tensor, gamma: float, order: int) -> 
 
 
 @register("cc")
-class CorrelationCongruence(DistillTerm):
+class CorrelationCongruence(LayerTerm):
     params: ClassVar[type[MethodParams]] = CCParams
     hparams: CCParams
 
-    def student_layers(self) -> list[str]:
-        return list(self.hparams.student_layers)
-
-    def teacher_layers(self) -> list[str]:
-        return list(self.hparams.teacher_layers)
-
-    def setup(
-        self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
-    ) -> None:
-        p = self.hparams
-        require_features(student_features, p.student_layers, f"{self.field}.student_layers")
-        require_features(teacher_features, p.teacher_layers, f"{self.field}.teacher_layers")
-
     def distill_loss(self, out: StepOutputs) -> Tensor:
         p = self.hparams
-        total = sum(cc_pair_loss(s, t, p.gamma, p.order) for s, t in layer_pairs(out, p))
-        assert isinstance(total, Tensor)
-        return p.beta * total
+        return p.beta * self.pair_sum(out, lambda s, t: cc_pair_loss(s, t, p.gamma, p.order))

@@ -21,12 +21,11 @@ from torch import Tensor, nn
 
 from kdcore.errors import InputError
 from kdcore.methods._common import (
-    DistillTerm,
     LayerParams,
+    LayerTerm,
     as_float,
     layer_pairs,
     pool_to_common,
-    require_features,
 )
 from kdcore.methods.base import MethodParams, StepOutputs
 from kdcore.methods.registry import register
@@ -48,7 +47,7 @@ def regressor(student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module |
 
 
 @register("fitnets")
-class FitNets(DistillTerm):
+class FitNets(LayerTerm):
     params: ClassVar[type[MethodParams]] = FitNetsParams
     hparams: FitNetsParams
 
@@ -56,22 +55,11 @@ class FitNets(DistillTerm):
         super().__init__(params)
         self.regressors = nn.ModuleList()
 
-    def student_layers(self) -> list[str]:
-        return list(self.hparams.student_layers)
-
-    def teacher_layers(self) -> list[str]:
-        return list(self.hparams.teacher_layers)
-
     def setup(
         self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
     ) -> None:
         p = self.hparams
-        s_feats = require_features(
-            student_features, p.student_layers, f"{self.field}.student_layers"
-        )
-        t_feats = require_features(
-            teacher_features, p.teacher_layers, f"{self.field}.teacher_layers"
-        )
+        s_feats, t_feats = self.paired_features(student_features, teacher_features)
         regs = []
         for i, (s, t) in enumerate(zip(s_feats, t_feats, strict=True)):
             reg = regressor(tuple(s.shape), tuple(t.shape))

@@ -26,11 +26,9 @@ from pydantic import Field
 from torch import Tensor
 
 from kdcore.methods._common import (
-    DistillTerm,
     LayerParams,
+    LayerTerm,
     as_float,
-    layer_pairs,
-    require_features,
 )
 from kdcore.methods.base import MethodParams, StepOutputs
 from kdcore.methods.registry import register
@@ -72,29 +70,15 @@ def rkd_pair_losses(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register("rkd")
-class RelationalKD(DistillTerm):
+class RelationalKD(LayerTerm):
     params: ClassVar[type[MethodParams]] = RKDParams
     hparams: RKDParams
 
-    def student_layers(self) -> list[str]:
-        return list(self.hparams.student_layers)
-
-    def teacher_layers(self) -> list[str]:
-        return list(self.hparams.teacher_layers)
-
-    def setup(
-        self, student_features: dict[str, Tensor], teacher_features: dict[str, Tensor]
-    ) -> None:
-        p = self.hparams
-        require_features(student_features, p.student_layers, f"{self.field}.student_layers")
-        require_features(teacher_features, p.teacher_layers, f"{self.field}.teacher_layers")
-
     def distill_loss(self, out: StepOutputs) -> Tensor:
         p = self.hparams
-        total: Tensor | None = None
-        for s, t in layer_pairs(out, p):
+
+        def pair(s: Tensor, t: Tensor) -> Tensor:
             dist, angle = rkd_pair_losses(s, t)
-            loss = p.distance_weight * dist + p.angle_weight * angle
-            total = loss if total is None else total + loss
-        assert total is not None
-        return total
+            return p.distance_weight * dist + p.angle_weight * angle
+
+        return self.pair_sum(out, pair)
