@@ -33,7 +33,7 @@ from kdcore.methods.base import Method
 from kdcore.models.loaders import load_state_dict_file, load_teacher, load_weights
 from kdcore.models.outputs import LogitsOutput, with_logits
 from kdcore.models.registry import build_model
-from kdcore.schemes import multi_teacher
+from kdcore.schemes import born_again, multi_teacher, teacher_assistant
 from kdcore.schemes.multi_teacher import TeacherEnsemble
 from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
 from kdcore.train import fit, freeze, select_device
@@ -69,6 +69,14 @@ def _build(arch: str, kwargs: dict[str, Any], data: Dataset, field: str, seed: i
         raise InputError(
             field, f"cannot build {arch!r} for input {data.input_shape}: {exc}"
         ) from None
+
+
+def build_assistants(spec: JobSpec, data: Dataset) -> list[nn.Module]:
+    """The teacher assistants, each initialised from `train.seed` like the student."""
+    return [
+        _build(a.arch, a.kwargs, data, f"assistants.{i}.kwargs", spec.train.seed)
+        for i, a in enumerate(spec.assistants)
+    ]
 
 
 def build_student(spec: JobSpec, data: Dataset) -> nn.Module:
@@ -194,12 +202,11 @@ def run(
         data = load_data(spec.data)
     augment = make_augment(spec.data.augment)
     method = methods.build(spec.method.name, spec.method.model_extra)
-    check_layers(
-        build_student(spec, data),
-        method.student_layers(),
-        "method.student_layers",
-        data.x_train[:2],
-    )
+    first_student = build_student(spec, data)
+    check_layers(first_student, method.student_layers(), "method.student_layers", data.x_train[:2])
+    born_again.check_generation_layers(spec, first_student, method, data.x_train[:2])
+    assistants = build_assistants(spec, data)
+    teacher_assistant.check_assistant_layers(assistants, method, data.x_train[:2])
     with timer.stage("teacher"):
         teacher, members, histories = resolve_teachers(spec, data, cb, checkpoints, method)
 
@@ -228,6 +235,29 @@ def run(
     if spec.teachers is not None:
         teacher_parts = [*spec.teachers, spec.multi_teacher or MultiTeacherSpec()]
     teacher_mode = "train" if any(t.mode == "train" for _, t in teacher_specs(spec)) else "eval"
+    chain = teacher_assistant.ChainEnd(
+        teacher,
+        teacher_mode,
+        not isinstance(teacher, TeacherEnsemble) or teacher.combine == "average",
+        [],
+    )
+    if assistants:
+        with timer.stage("assistants"):
+            chain = teacher_assistant.train_chain(
+                spec,
+                data,
+                assistants,
+                teacher,
+                teacher_mode=chain.mode,
+                cache_teacher=chain.cache,
+                upstream=teacher_parts,
+                augment=augment,
+                callbacks=cb,
+                checkpoints=checkpoints,
+            )
+    distill_fingerprint = fingerprint(
+        spec.student, spec.data, spec.train, spec.method, *teacher_parts, *spec.assistants
+    )
     with timer.stage("distill"):
         student = build_student(spec, data)
         result = fit(
@@ -236,25 +266,53 @@ def run(
             data,
             spec.train,
             stage="distill",
-            teacher=teacher,
+            teacher=chain.teacher,
             augment=augment,
             callbacks=cb,
             checkpoints=checkpoints,
-            fingerprint=fingerprint(
-                spec.student, spec.data, spec.train, spec.method, *teacher_parts
-            ),
-            teacher_mode=teacher_mode,
-            cache_teacher=not isinstance(teacher, TeacherEnsemble) or teacher.combine == "average",
+            fingerprint=distill_fingerprint,
+            teacher_mode=chain.mode,
+            cache_teacher=chain.cache,
         )
+    generations = [born_again.Generation(1, student, result)]
+    if spec.generations > 1:
+        with timer.stage("generations"):
+            generations = born_again.train_generations(
+                spec,
+                data,
+                generations[0],
+                fingerprint=distill_fingerprint,
+                augment=augment,
+                callbacks=cb,
+                checkpoints=checkpoints,
+            )
+        student, result = generations[-1].model, generations[-1].result
 
     with timer.stage("evaluate"):
-        n_eval = len(members) + 1
+        n_eval = len(members) + len(chain.links) + len(generations)
         cb.on_stage_start("evaluate", 1, n_eval)
         summaries = []
         for i, member in enumerate(members, start=1):
             summaries.append(_summary(member.cpu(), data, spec))
             cb.on_step("evaluate", 1, i, 0.0)
+        assistant_sections = []
+        for i, link in enumerate(chain.links, start=len(members) + 1):
+            assistant_sections.append(
+                {
+                    "arch": link.spec.arch,
+                    "kwargs": link.spec.kwargs,
+                    **_summary(link.model.cpu(), data, spec),
+                    "best_accuracy": round(link.result.best_accuracy, 4),
+                    "history": [r.to_dict() for r in link.result.history],
+                }
+            )
+            cb.on_step("evaluate", 1, i, 0.0)
+        accuracies = []
+        for i, g in enumerate(generations[:-1], start=len(members) + len(chain.links) + 1):
+            accuracies.append(round(evaluate.accuracy(g.model.cpu(), data.x_val, data.y_val), 4))
+            cb.on_step("evaluate", 1, i, 0.0)
         student_summary = _summary(student.cpu(), data, spec)
+        accuracies.append(student_summary["accuracy"])
         ensemble_accuracy = None
         if isinstance(teacher, TeacherEnsemble) and teacher.combine == "average":
             ensemble_accuracy = round(evaluate.accuracy(teacher.cpu(), data.x_val, data.y_val), 4)
@@ -305,12 +363,14 @@ def run(
             **student_summary,
             "best_accuracy": round(result.best_accuracy, 4),
         },
+        "assistants": assistant_sections,
+        "generations": born_again.report_section(generations, accuracies),
         "baseline": baseline,
         "gap": gap,
         "compression": compression,
         "gates": check_gates(spec.gates, teacher_acc or 0.0, student_summary["accuracy"]),
         "artifacts": [a.to_dict() for a in artifacts],
-        "history": [r.to_dict() for r in result.history],
+        "history": [r.to_dict() for g in generations for r in g.result.history],
         "data": {
             "name": data.name,
             "input_shape": list(data.input_shape),

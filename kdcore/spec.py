@@ -149,6 +149,13 @@ class StudentSpec(Strict):
     )
 
 
+class AssistantSpec(Strict):
+    """One teacher assistant (`assistants:`): a zoo architecture distilled inside the job."""
+
+    arch: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class SyntheticSpec(Strict):
     input_shape: list[int] = Field(default_factory=lambda: [16], min_length=1, max_length=3)
     num_classes: int = Field(4, ge=2)
@@ -225,7 +232,19 @@ class JobSpec(Strict):
         None, min_length=1, description="several teachers instead of one (see multi_teacher)"
     )
     multi_teacher: MultiTeacherSpec | None = None
+    assistants: list[AssistantSpec] = Field(
+        default_factory=list,
+        description="teacher assistants, largest first: teacher → assistants[0] → ... → "
+        "student, each link distilled with `method` and `train`",
+    )
     student: StudentSpec
+    generations: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="born-again generations: generation k+1 (the student's architecture) is "
+        "distilled from generation k with `method`; the last one is the job's student",
+    )
     data: DataSpec
     method: MethodSpec = MethodSpec()
     train: TrainSpec = TrainSpec()
@@ -279,6 +298,7 @@ def parse_spec(data: Any) -> JobSpec:
     if spec.teacher is not None:
         archs.insert(0, ("teacher.arch", spec.teacher.arch))
     archs += [(f"teachers.{i}.arch", t.arch) for i, t in enumerate(spec.teachers or [])]
+    archs += [(f"assistants.{i}.arch", a.arch) for i, a in enumerate(spec.assistants)]
     for loc, arch in archs:
         if arch is not None and arch not in models.names():
             errors.append(

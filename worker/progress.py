@@ -45,7 +45,11 @@ def stage_weights(spec: JobSpec) -> dict[str, float]:
             epochs[teacher_stage(loc)] = teacher.train.epochs
     if spec.evaluate.baseline:
         epochs["baseline"] = spec.train.epochs
+    for i in range(len(spec.assistants)):  # the teacher-assistant chain: "assistant1", ...
+        epochs[f"assistant{i + 1}"] = spec.train.epochs
     epochs["distill"] = spec.train.epochs
+    for k in range(2, spec.generations + 1):  # born-again: "generation2", ...
+        epochs[f"generation{k}"] = spec.train.epochs
     total = sum(epochs.values())
     weights = {stage: TRAIN_SHARE * n / total for stage, n in epochs.items()}
     weights["evaluate"] = weights["export"] = (1 - TRAIN_SHARE) / 2

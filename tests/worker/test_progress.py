@@ -43,6 +43,29 @@ def test_each_teacher_trained_in_the_job_is_a_stage() -> None:
     assert model.start("distill", 30, 1) == pytest.approx(w["teacher1"] + w["teacher3"])
 
 
+def test_each_teacher_assistant_is_a_stage_before_distill() -> None:
+    spec = {**BASE, "assistants": [{"arch": "mlp"}, {"arch": "mlp"}]}
+    w = stage_weights(parse_spec({**spec, "evaluate": {"baseline": True}}))
+    assert list(w) == [
+        "teacher",
+        "baseline",
+        "assistant1",
+        "assistant2",
+        "distill",
+        "evaluate",
+        "export",
+    ]
+    assert w["assistant1"] == w["assistant2"] == w["distill"] == pytest.approx(3 * w["teacher"])
+    assert sum(w.values()) == pytest.approx(1.0)
+
+
+def test_each_born_again_generation_is_a_stage_after_distill() -> None:
+    w = stage_weights(parse_spec({**BASE, "generations": 3}))
+    assert list(w) == ["teacher", "distill", "generation2", "generation3", "evaluate", "export"]
+    assert w["generation2"] == w["generation3"] == w["distill"]
+    assert sum(w.values()) == pytest.approx(1.0)
+
+
 def test_progress_is_monotonic_and_ends_at_one() -> None:
     spec = parse_spec(BASE)
     model = ProgressModel(stage_weights(spec))

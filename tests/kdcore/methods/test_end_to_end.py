@@ -36,6 +36,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "sp": {"student_layers": ["block2"], "teacher_layers": ["block2"]},
     "rkd": {},  # the `pool` embeddings by default
     "cc": {},
+    "tf_kd": {},  # learns from a virtual teacher; the spec's teacher only sets the report's gap
     # FSP needs equal widths: resnet14 → resnet8 (both 16/16/32/64), flow from layer1 to layer2.
     "fsp": {"student_pairs": [["layer1", "layer2"]], "teacher_pairs": [["layer1", "layer2"]]},
     "combined": {
@@ -75,8 +76,8 @@ def test_method_runs_end_to_end_and_exports(name: str, tmp_path: Path) -> None:
     assert [h["epoch"] for h in report["history"]] == [1]
     assert math.isfinite(report["history"][0]["train_loss"])
     method = registry.build(name, spec.method.model_extra)
-    # Cached teacher logits only when no teacher feature is needed.
-    assert report["teacher_cache"] is (not method.teacher_layers())
+    # Cached teacher logits only when no teacher feature is needed (and a teacher is consulted).
+    assert report["teacher_cache"] is (method.needs_teacher and not method.teacher_layers())
     # The exported student loads back and scores what the report says.
     student = load_safetensors_student(tmp_path / "student.safetensors", tmp_path / "student.json")
     data = load_data(spec.data)
@@ -117,7 +118,15 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 @pytest.mark.parametrize(
-    "example", ["digits-conv-combined.yaml", "digits-conv-at.yaml", "digits-resnet-fsp.yaml"]
+    "example",
+    [
+        "digits-conv-combined.yaml",
+        "digits-conv-at.yaml",
+        "digits-resnet-fsp.yaml",
+        "digits-tf-kd.yaml",
+        "digits-teacher-assistant.yaml",
+        "digits-born-again.yaml",
+    ],
 )
 def test_method_examples_are_valid_specs(example: str) -> None:
     spec = load_spec(EXAMPLES / example)

@@ -74,6 +74,18 @@ def dkd_loop(
     return warm * temp**2 * (p["alpha"] * tckd / n + p["beta"] * nckd / n)
 
 
+def tf_kd_loop(s: list[Vec], targets: list[int], p: dict[str, Any]) -> float:
+    """m · mean over labelled rows of KL(softmax(p_d/τ) ‖ softmax(z)), p_d the virtual teacher."""
+    rows = []
+    for z, y in zip(s, targets, strict=True):
+        if y < 0:
+            continue
+        k = len(z)
+        p_d = [p["correct_prob"] if j == y else (1 - p["correct_prob"]) / (k - 1) for j in range(k)]
+        rows.append(kl(softmax([v / p["temperature"] for v in p_d]), softmax(z)))
+    return p["multiplier"] * sum(rows) / max(len(rows), 1)
+
+
 def pool2d(m: list[Vec], h: int, w: int) -> list[Vec]:
     """Adaptive average pooling of one H×W map to h×w (PyTorch's bin edges)."""
     big_h, big_w = len(m), len(m[0])
@@ -283,6 +295,8 @@ def distill_loop(name: str, params: dict[str, Any], inputs: dict[str, Any]) -> f
             for sp, tp in zip(p["student_pairs"], p["teacher_pairs"], strict=True)
         ]
         return p["beta"] * sum(losses) / len(losses)
+    if name == "tf_kd":
+        return tf_kd_loop(s, inputs["targets"], p)
     if name == "combined":
         return sum(term["weight"] * distill_loop(term["name"], term, inputs) for term in p["terms"])
     raise AssertionError(name)
@@ -290,10 +304,10 @@ def distill_loop(name: str, params: dict[str, Any], inputs: dict[str, Any]) -> f
 
 def loss_loop(name: str, params: dict[str, Any], inputs: dict[str, Any]) -> float:
     """The whole loss: the distillation term plus CE on the labelled rows, as each method mixes
-    them (kd: alpha; every other method: ce_weight)."""
+    them (kd, tf_kd: alpha; every other method: ce_weight)."""
     ce = ce_loop(inputs["student_logits"], inputs["targets"])
     term = distill_loop(name, params, inputs)
-    if name == "kd":
+    if name in ("kd", "tf_kd"):
         return params["alpha"] * term + (1 - params["alpha"]) * ce
     return term + params.get("ce_weight", 1.0) * ce
 
@@ -405,6 +419,11 @@ def make_cases() -> dict[str, dict[str, Any]]:
             ],
         },
         "inputs": comb_in,
+    }
+    # Last, so the generator draws of the cases above (and their stored values) are unchanged.
+    cases["tf_kd"] = {
+        "params": {"alpha": 0.3, "temperature": 4.0, "multiplier": 10.0, "correct_prob": 0.9},
+        "inputs": base(3, 4, [2, -1, 0]),
     }
     return cases
 

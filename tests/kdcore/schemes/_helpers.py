@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from kdcore.callbacks import Callbacks
 from kdcore.data import load_data
 from kdcore.evaluate import accuracy
 from kdcore.export import load_safetensors_student
@@ -20,6 +21,21 @@ TEACHER: dict[str, Any] = {
     "train": {"epochs": 1, "batch_size": 64},
 }
 STUDENT: dict[str, Any] = {"arch": "mlp", "kwargs": {"hidden": [16]}}
+
+
+class Stages(Callbacks):
+    """Records the stages started and, in order, those that ran at least one training step."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.trained: list[str] = []
+
+    def on_stage_start(self, stage: str, epochs: int, steps_per_epoch: int) -> None:
+        self.started.append(stage)
+
+    def on_step(self, stage: str, epoch: int, step: int, loss: float) -> None:
+        if stage not in self.trained:
+            self.trained.append(stage)
 
 
 def job(name: str, **over: Any) -> dict[str, Any]:
