@@ -22,10 +22,10 @@ from kdcore import evaluate
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoint import CheckpointStore
 from kdcore.data import load_data
-from kdcore.data.augment import make_augment
+from kdcore.data.augment import Augment, make_augment
 from kdcore.data.dataset import Dataset
 from kdcore.errors import InputError
-from kdcore.export import export_student
+from kdcore.export import Artifact, export_student
 from kdcore.features import check_layers
 from kdcore.gates import check_gates
 from kdcore.methods import registry as methods
@@ -36,7 +36,7 @@ from kdcore.models.registry import build_model
 from kdcore.schemes import born_again, multi_teacher, teacher_assistant
 from kdcore.schemes.multi_teacher import TeacherEnsemble
 from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
-from kdcore.train import fit, freeze, select_device
+from kdcore.train import FitResult, fit, freeze, select_device
 
 
 class Timer:
@@ -185,6 +185,17 @@ def _summary(model: nn.Module, data: Dataset, spec: JobSpec) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class Stages:
+    """What every training stage of one job shares."""
+
+    spec: JobSpec
+    data: Dataset
+    augment: Augment | None
+    callbacks: Callbacks
+    checkpoints: CheckpointStore | None
+
+
 def run(
     spec: JobSpec,
     out_dir: str | Path,
@@ -200,36 +211,15 @@ def run(
 
     with timer.stage("data"):
         data = load_data(spec.data)
-    augment = make_augment(spec.data.augment)
+    job = Stages(spec, data, make_augment(spec.data.augment), cb, checkpoints)
     method = methods.build(spec.method.name, spec.method.model_extra)
-    first_student = build_student(spec, data)
-    check_layers(first_student, method.student_layers(), "method.student_layers", data.x_train[:2])
-    born_again.check_generation_layers(spec, first_student, method, data.x_train[:2])
-    assistants = build_assistants(spec, data)
-    teacher_assistant.check_assistant_layers(assistants, method, data.x_train[:2])
+    assistants = _check_layers_early(spec, data, method)
     with timer.stage("teacher"):
         teacher, members, histories = resolve_teachers(spec, data, cb, checkpoints, method)
-
     baseline = None
     if spec.evaluate.baseline:
         with timer.stage("baseline"):
-            scratch = build_student(spec, data)
-            res = fit(
-                scratch,
-                methods.build("ce"),
-                data,
-                spec.train,
-                stage="baseline",
-                augment=augment,
-                callbacks=cb,
-                checkpoints=checkpoints,
-                fingerprint=fingerprint(spec.student, spec.data, spec.train),
-            )
-            baseline = {
-                "accuracy": round(res.history[-1].student_accuracy, 4),
-                "best_accuracy": round(res.best_accuracy, 4),
-                "history": [r.to_dict() for r in res.history],
-            }
+            baseline = _train_baseline(job)
 
     teacher_parts: list[BaseModel] = [spec.teacher] if spec.teacher is not None else []
     if spec.teachers is not None:
@@ -251,7 +241,7 @@ def run(
                 teacher_mode=chain.mode,
                 cache_teacher=chain.cache,
                 upstream=teacher_parts,
-                augment=augment,
+                augment=job.augment,
                 callbacks=cb,
                 checkpoints=checkpoints,
             )
@@ -267,7 +257,7 @@ def run(
             spec.train,
             stage="distill",
             teacher=chain.teacher,
-            augment=augment,
+            augment=job.augment,
             callbacks=cb,
             checkpoints=checkpoints,
             fingerprint=distill_fingerprint,
@@ -282,71 +272,161 @@ def run(
                 data,
                 generations[0],
                 fingerprint=distill_fingerprint,
-                augment=augment,
+                augment=job.augment,
                 callbacks=cb,
                 checkpoints=checkpoints,
             )
         student, result = generations[-1].model, generations[-1].result
 
     with timer.stage("evaluate"):
-        n_eval = len(members) + len(chain.links) + len(generations)
-        cb.on_stage_start("evaluate", 1, n_eval)
-        summaries = []
-        for i, member in enumerate(members, start=1):
-            summaries.append(_summary(member.cpu(), data, spec))
-            cb.on_step("evaluate", 1, i, 0.0)
-        assistant_sections = []
-        for i, link in enumerate(chain.links, start=len(members) + 1):
-            assistant_sections.append(
-                {
-                    "arch": link.spec.arch,
-                    "kwargs": link.spec.kwargs,
-                    **_summary(link.model.cpu(), data, spec),
-                    "best_accuracy": round(link.result.best_accuracy, 4),
-                    "history": [r.to_dict() for r in link.result.history],
-                }
-            )
-            cb.on_step("evaluate", 1, i, 0.0)
-        accuracies = []
-        for i, g in enumerate(generations[:-1], start=len(members) + len(chain.links) + 1):
-            accuracies.append(round(evaluate.accuracy(g.model.cpu(), data.x_val, data.y_val), 4))
-            cb.on_step("evaluate", 1, i, 0.0)
-        student_summary = _summary(student.cpu(), data, spec)
-        accuracies.append(student_summary["accuracy"])
-        ensemble_accuracy = None
-        if isinstance(teacher, TeacherEnsemble) and teacher.combine == "average":
-            ensemble_accuracy = round(evaluate.accuracy(teacher.cpu(), data.x_val, data.y_val), 4)
-        cb.on_step("evaluate", 1, n_eval, 0.0)
-        cb.on_stage_end("evaluate")
-        teacher_section: dict[str, Any] | None = None
-        if spec.teacher is not None:
-            teacher_section = {
-                "source": spec.teacher.source,
-                "arch": spec.teacher.arch,
-                **summaries[0],
-                "history": histories[0],
-            }
-        elif spec.teachers is not None:
-            teacher_section = multi_teacher.report_section(
-                spec, summaries, histories, ensemble_accuracy
-            )
-
+        measured = _evaluate(job, teacher, members, histories, chain, generations)
     with timer.stage("export"):
-        cb.on_stage_start("export", 1, 1)
-        config = {
-            "name": spec.name,
-            "arch": spec.student.arch,
-            "kwargs": spec.student.kwargs,
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "normalization": data.normalization,
-        }
-        if isinstance(student, LogitsOutput):  # rebuilt with the same output selection
-            config["output"] = student.key
-        artifacts = export_student(student, spec.export, out, data.x_val[:8], config)
-        cb.on_step("export", 1, 1, 0.0)
-        cb.on_stage_end("export")
+        artifacts = _export(job, student, out)
 
+    report = _report(job, measured, baseline, result, artifacts, generations)
+    report.update(
+        teacher_cache=result.teacher_cache_used,
+        device=str(device),
+        timings={**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},
+        versions={"torch": torch.__version__, "python": platform.python_version()},
+        spec=spec.model_dump(mode="json"),
+    )
+    write_json(out / "report.json", report)
+    return report
+
+
+def _check_layers_early(spec: JobSpec, data: Dataset, method: Method) -> list[nn.Module]:
+    """Fail on a wrong layer name before any training; returns the built assistants."""
+    example = data.x_train[:2]
+    first_student = build_student(spec, data)
+    check_layers(first_student, method.student_layers(), "method.student_layers", example)
+    born_again.check_generation_layers(spec, first_student, method, example)
+    assistants = build_assistants(spec, data)
+    teacher_assistant.check_assistant_layers(assistants, method, example)
+    return assistants
+
+
+def _train_baseline(job: Stages) -> dict[str, Any]:
+    """The same student, same seed and epochs, trained alone with CE: what KD is compared to."""
+    spec = job.spec
+    res = fit(
+        build_student(spec, job.data),
+        methods.build("ce"),
+        job.data,
+        spec.train,
+        stage="baseline",
+        augment=job.augment,
+        callbacks=job.callbacks,
+        checkpoints=job.checkpoints,
+        fingerprint=fingerprint(spec.student, spec.data, spec.train),
+    )
+    return {
+        "accuracy": round(res.history[-1].student_accuracy, 4),
+        "best_accuracy": round(res.best_accuracy, 4),
+        "history": [r.to_dict() for r in res.history],
+    }
+
+
+@dataclasses.dataclass
+class Measured:
+    teacher: dict[str, Any] | None
+    assistants: list[dict[str, Any]]
+    student: dict[str, Any]
+    generation_accuracies: list[float]
+
+
+def _evaluate(
+    job: Stages,
+    teacher: nn.Module | None,
+    members: list[nn.Module],
+    histories: list[list[dict]],
+    chain: teacher_assistant.ChainEnd,
+    generations: list[born_again.Generation],
+) -> Measured:
+    """Accuracy, size and latency of every model the job produced, on the same held-out split."""
+    spec, data, cb = job.spec, job.data, job.callbacks
+    n_eval = len(members) + len(chain.links) + len(generations)
+    cb.on_stage_start("evaluate", 1, n_eval)
+    step = 0
+
+    def done() -> None:
+        nonlocal step
+        step += 1
+        cb.on_step("evaluate", 1, step, 0.0)
+
+    summaries = []
+    for member in members:
+        summaries.append(_summary(member.cpu(), data, spec))
+        done()
+    assistant_sections = []
+    for link in chain.links:
+        assistant_sections.append(
+            {
+                "arch": link.spec.arch,
+                "kwargs": link.spec.kwargs,
+                **_summary(link.model.cpu(), data, spec),
+                "best_accuracy": round(link.result.best_accuracy, 4),
+                "history": [r.to_dict() for r in link.result.history],
+            }
+        )
+        done()
+    accuracies = []
+    for g in generations[:-1]:
+        accuracies.append(round(evaluate.accuracy(g.model.cpu(), data.x_val, data.y_val), 4))
+        done()
+    student_summary = _summary(generations[-1].model.cpu(), data, spec)
+    accuracies.append(student_summary["accuracy"])
+    ensemble_accuracy = None
+    if isinstance(teacher, TeacherEnsemble) and teacher.combine == "average":
+        ensemble_accuracy = round(evaluate.accuracy(teacher.cpu(), data.x_val, data.y_val), 4)
+    cb.on_step("evaluate", 1, n_eval, 0.0)
+    cb.on_stage_end("evaluate")
+    teacher_section: dict[str, Any] | None = None
+    if spec.teacher is not None:
+        teacher_section = {
+            "source": spec.teacher.source,
+            "arch": spec.teacher.arch,
+            **summaries[0],
+            "history": histories[0],
+        }
+    elif spec.teachers is not None:
+        teacher_section = multi_teacher.report_section(
+            spec, summaries, histories, ensemble_accuracy
+        )
+    return Measured(teacher_section, assistant_sections, student_summary, accuracies)
+
+
+def _export(job: Stages, student: nn.Module, out: Path) -> list[Artifact]:
+    """Every format the spec asks for, each loaded back and compared with the eager student."""
+    spec, data, cb = job.spec, job.data, job.callbacks
+    cb.on_stage_start("export", 1, 1)
+    config = {
+        "name": spec.name,
+        "arch": spec.student.arch,
+        "kwargs": spec.student.kwargs,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "normalization": data.normalization,
+    }
+    if isinstance(student, LogitsOutput):  # rebuilt with the same output selection
+        config["output"] = student.key
+    artifacts = export_student(student, spec.export, out, data.x_val[:8], config)
+    cb.on_step("export", 1, 1, 0.0)
+    cb.on_stage_end("export")
+    return artifacts
+
+
+def _report(
+    job: Stages,
+    measured: Measured,
+    baseline: dict[str, Any] | None,
+    result: FitResult,
+    artifacts: list[Artifact],
+    generations: list[born_again.Generation],
+) -> dict[str, Any]:
+    """report.json's content about models: accuracies, the gap, gates, artifacts, history."""
+    spec, data = job.spec, job.data
+    teacher_section, student_summary = measured.teacher, measured.student
     teacher_acc = teacher_section["accuracy"] if teacher_section else None
     gap = None if teacher_acc is None else round(teacher_acc - student_summary["accuracy"], 4)
     compression = (
@@ -354,7 +434,7 @@ def run(
         if teacher_section
         else None
     )
-    report: dict[str, Any] = {
+    return {
         "name": spec.name,
         "method": {"name": spec.method.name, **spec.method.params().model_dump()},
         "teacher": teacher_section,
@@ -363,8 +443,8 @@ def run(
             **student_summary,
             "best_accuracy": round(result.best_accuracy, 4),
         },
-        "assistants": assistant_sections,
-        "generations": born_again.report_section(generations, accuracies),
+        "assistants": measured.assistants,
+        "generations": born_again.report_section(generations, measured.generation_accuracies),
         "baseline": baseline,
         "gap": gap,
         "compression": compression,
@@ -379,14 +459,7 @@ def run(
             "n_labeled": data.n_labeled,
             "n_val": len(data.x_val),
         },
-        "teacher_cache": result.teacher_cache_used,
-        "device": str(device),
-        "timings": {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "spec": spec.model_dump(mode="json"),
     }
-    write_json(out / "report.json", report)
-    return report
 
 
 def write_json(path: Path, obj: Any) -> None:
