@@ -33,7 +33,7 @@ from kdcore.methods.base import Method
 from kdcore.models.loaders import load_state_dict_file, load_teacher, load_weights
 from kdcore.models.outputs import LogitsOutput, with_logits
 from kdcore.models.registry import build_model
-from kdcore.schemes import born_again, multi_teacher, teacher_assistant
+from kdcore.schemes import born_again, multi_teacher, mutual, teacher_assistant
 from kdcore.schemes.multi_teacher import TeacherEnsemble
 from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
 from kdcore.train import FitResult, fit, freeze, select_device
@@ -249,7 +249,8 @@ def run(
         spec.student, spec.data, spec.train, spec.method, *teacher_parts, *spec.assistants
     )
     with timer.stage("distill"):
-        student = build_student(spec, data)
+        mutual_group = mutual.build_group(spec, data, method) if mutual.is_mutual(method) else None
+        student = mutual_group if mutual_group is not None else build_student(spec, data)
         result = fit(
             student,
             method,
@@ -264,6 +265,10 @@ def run(
             teacher_mode=chain.mode,
             cache_teacher=chain.cache,
         )
+    peers = None
+    if mutual_group is not None:  # deep mutual learning: the job's student is one peer
+        chosen = mutual.choose_peer(mutual_group, data, method)
+        student, peers = chosen.model, chosen.report_section()
     generations = [born_again.Generation(1, student, result)]
     if spec.generations > 1:
         with timer.stage("generations"):
@@ -284,6 +289,8 @@ def run(
         artifacts = _export(job, student, out)
 
     report = _report(job, measured, baseline, result, artifacts, generations)
+    if peers is not None:
+        report["peers"] = peers
     report.update(
         teacher_cache=result.teacher_cache_used,
         device=str(device),
@@ -298,8 +305,10 @@ def run(
 def _check_layers_early(spec: JobSpec, data: Dataset, method: Method) -> list[nn.Module]:
     """Fail on a wrong layer name before any training; returns the built assistants."""
     example = data.x_train[:2]
+    mutual.check_spec(spec, method)
     first_student = build_student(spec, data)
-    check_layers(first_student, method.student_layers(), "method.student_layers", example)
+    hooked = mutual.build_group(spec, data, method) if mutual.is_mutual(method) else first_student
+    check_layers(hooked, method.student_layers(), "method.student_layers", example)
     born_again.check_generation_layers(spec, first_student, method, example)
     assistants = build_assistants(spec, data)
     teacher_assistant.check_assistant_layers(assistants, method, example)

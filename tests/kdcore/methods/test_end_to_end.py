@@ -37,6 +37,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "rkd": {},  # the `pool` embeddings by default
     "cc": {},
     "tf_kd": {},  # learns from a virtual teacher; the spec's teacher only sets the report's gap
+    "dml": {"peers": 2},  # two peers of the student trained together; the best is exported
+    "adversarial": {"hidden": 16},
     # FSP needs equal widths: resnet14 → resnet8 (both 16/16/32/64), flow from layer1 to layer2.
     "fsp": {"student_pairs": [["layer1", "layer2"]], "teacher_pairs": [["layer1", "layer2"]]},
     "combined": {

@@ -474,7 +474,10 @@ STORED: dict[str, dict[str, Any]] = (
 
 def test_fixture_covers_every_method() -> None:
     covered = {case.get("method", name) for name, case in STORED.items()}
-    assert covered == set(registry.names()) - {"ce"}
+    # dml and adversarial are not `distill_loss` terms (several peers; a learned discriminator):
+    # their reference values are worked out by hand in tests/kdcore/schemes/test_mutual.py and
+    # test_adversarial.py, as constants in the tests.
+    assert covered == set(registry.names()) - {"ce", "dml", "adversarial"}
 
 
 @pytest.mark.parametrize("case_name", sorted(STORED))
