@@ -136,10 +136,12 @@ def _attach_feature_hooks(
         was_training = student.training
         student.eval()
         with torch.no_grad():
-            student(example)
+            logits = student(example)
             if teacher is not None:
                 teacher(example)
         student.train(was_training)
+        if isinstance(logits, Tensor):
+            method.num_classes = int(logits.shape[-1])
         method.setup(s_hooks.take(), t_hooks.take())
         method.to(example.device)
     return s_hooks, t_hooks

@@ -41,6 +41,9 @@ class Method(nn.Module):
     def __init__(self, params: MethodParams):
         super().__init__()
         self.hparams = params
+        # The width of the student's logits, set by the trainer from its dry forward before
+        # `setup` (None until then), for methods that build classifier heads (byot).
+        self.num_classes: int | None = None
         self.epoch = 1
         self.epochs = 1
 

@@ -41,6 +41,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "adversarial": {"hidden": 16},
     # FSP needs equal widths: resnet14 → resnet8 (both 16/16/32/64), flow from layer1 to layer2.
     "fsp": {"student_pairs": [["layer1", "layer2"]], "teacher_pairs": [["layer1", "layer2"]]},
+    # Auxiliary heads on resnet8's layer1 and layer2, taught by its own output (no teacher used).
+    "byot": {"stages": ["layer1", "layer2"], "final_stage": "layer3"},
     "combined": {
         "terms": [
             {"name": "kd", "temperature": 4.0},
@@ -51,7 +53,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 def job(name: str, method: dict[str, Any], **over: Any) -> dict[str, Any]:
-    resnets = name == "fsp"
+    resnets = name in ("fsp", "byot")
     spec = {
         "name": f"e2e-{name}",
         "teacher": {**CONV_TEACHER, "arch": "resnet14", "kwargs": {}} if resnets else CONV_TEACHER,
