@@ -31,6 +31,7 @@ from kdcore.data.dataset import Dataset
 from kdcore.evaluate import accuracy, count_params
 from kdcore.methods import registry
 from kdcore.models.registry import build_model
+from kdcore.schemes.mutual import PeerGroup
 from kdcore.spec import DataSpec, TrainSpec
 from kdcore.train import fit, freeze
 
@@ -50,7 +51,24 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("rkd (pool)", "rkd", {}),
     ("cc (pool)", "cc", {}),
     ("combined: kd + rkd", "combined", {"terms": [{"name": "kd"}, {"name": "rkd"}]}),
+    ("tf_kd (no teacher)", "tf_kd", {}),
+    ("adversarial", "adversarial", {}),
+    ("byot (head on block1; no teacher)", "byot", {"stages": ["block1"], "final_stage": "block2"}),
+    ("dml (2 peers, best exported; no teacher)", "dml", {}),
 ]
+
+
+def build_student(method: str, data: Dataset, seed: int) -> torch.nn.Module:
+    """The student; for deep mutual learning a group of peers (seeds seed, seed + 1, ...)."""
+    if method != "dml":
+        return build(STUDENT, data, seed)
+    return PeerGroup([build(STUDENT, data, seed + k) for k in range(2)])
+
+
+def student_accuracy(student: torch.nn.Module, data: Dataset) -> float:
+    """Validation accuracy; of the best peer for a peer group (the one a dml job exports)."""
+    peers = student.peers if isinstance(student, PeerGroup) else [student]
+    return max(accuracy(p, data.x_val, data.y_val) for p in peers)
 
 
 def build(spec: dict[str, Any], data: Dataset, seed: int) -> torch.nn.Module:
@@ -90,7 +108,7 @@ def run_setting(
         if only and method not in only | {"ce", "kd"}:
             continue
         for seed in range(seeds):
-            student = build(STUDENT, data, seed)
+            student = build_student(method, data, seed)
             started = time.perf_counter()
             fit(
                 student,
@@ -101,7 +119,7 @@ def run_setting(
                 teacher=teacher,
             )
             seconds.setdefault(label, []).append(time.perf_counter() - started)
-            results.setdefault(label, []).append(accuracy(student, data.x_val, data.y_val))
+            results.setdefault(label, []).append(student_accuracy(student, data))
         print(f"  {name}: {label} {mean_std(results[label])}", flush=True)
     scratch = results["scratch (CE only)"]
     kd = results["kd"]
