@@ -3,6 +3,7 @@ teacher trained one epoch in the job, a small student, the exported student load
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,8 +75,13 @@ def test_every_registered_method_is_exercised() -> None:
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_runs_end_to_end_and_exports(name: str, tmp_path: Path) -> None:
+    """Through `distill run`, as a user runs it: exit 0, report.json, a student that loads."""
     spec = parse_spec(job(name, METHODS[name]))
-    report = run(spec, tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(job(name, METHODS[name])))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["method"]["name"] == name
     assert [h["epoch"] for h in report["history"]] == [1]
     assert math.isfinite(report["history"][0]["train_loss"])
