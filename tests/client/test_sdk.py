@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,12 @@ def test_webhook_is_signed_retried_and_recorded(
         assert payload["type"] == "job.succeeded" and payload["job"]["id"] == job.id
         assert payload["job"]["project"] == service.project_a
         assert payload["evaluation"]["student_accuracy"] == job.evaluation.student_accuracy  # type: ignore[union-attr]
-        hooks = [e for e in job.events() if e.kind == "webhook"]
+        # The worker records a delivery after the receiver has answered: wait for the event.
+        deadline = time.monotonic() + 20
+        while True:
+            hooks = [e for e in job.events() if e.kind == "webhook"]
+            if len(hooks) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert [e.data["outcome"] for e in hooks] == ["retrying", "delivered"]  # type: ignore[index]
         assert job.refresh().status == "succeeded"
