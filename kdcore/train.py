@@ -168,6 +168,62 @@ def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class _Stepper:
+    """The per-batch work of one stage: the student's (and teacher's) forward, the method's
+    loss, one optimizer step; everything that does not change from batch to batch."""
+
+    student: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    teacher_out: _TeacherOutputs
+    hooks: tuple[FeatureHooks, FeatureHooks]
+    augment: Augment | None
+    generator: torch.Generator
+    device: torch.device
+    amp: bool
+    grad_clip: float | None
+    start_step: Callable[[int, int], None] | None  # a multi-teacher drawing one teacher a step
+
+    def run_epoch(
+        self, x: Tensor, y: Tensor, batch_size: int, epoch: int, stage: str, cb: Callbacks
+    ) -> float:
+        """One pass over the shuffled data (0-based `epoch`); returns the mean training loss.
+        Raises `Cancelled` at a batch boundary when a callback asks to stop."""
+        total, seen = 0.0, 0
+        for step, idx in enumerate(batches(len(x), batch_size, self.generator)):
+            if cb.should_cancel():
+                raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
+            loss = self.step(x, y, idx.to(self.device), epoch, step)
+            total += loss * len(idx)
+            seen += len(idx)
+            cb.on_step(stage, epoch + 1, step + 1, loss)
+        return total / max(seen, 1)
+
+    def step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int, step: int) -> float:
+        xb, yb = x[idx], y[idx]
+        if self.augment is not None:
+            xb = self.augment(xb, self.generator)
+        if self.start_step is not None:
+            self.start_step(epoch + 1, step)
+        with _autocast(self.device, self.amp):
+            teacher_logits = self.teacher_out(idx, xb)
+            out = StepOutputs(
+                self.student(xb), yb, teacher_logits, self.hooks[0].take(), self.hooks[1].take()
+            )
+            loss = self.method(out)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.item()
+
+
 def fit(
     student: nn.Module,
     method: Method,
@@ -236,9 +292,22 @@ def fit(
         and teacher_mode == "eval"
         and not method.teacher_layers()
     )
-    start_step = getattr(teacher, "start_step", None)
     teacher_out = _TeacherOutputs(teacher, data.x_train, use_cache, device)
     result.teacher_cache_used = teacher_out.cached is not None
+    stepper = _Stepper(
+        student,
+        method,
+        optimizer,
+        scaler,
+        teacher_out,
+        hooks,
+        augment,
+        generator,
+        device,
+        amp,
+        train.grad_clip,
+        getattr(teacher, "start_step", None),
+    )
     steps = len(batches(len(x_train), train.batch_size, torch.Generator()))
     cb.on_stage_start(stage, train.epochs, steps)
 
@@ -248,34 +317,7 @@ def fit(
             method.start_epoch(epoch + 1, train.epochs)
             student.train()
             method.train()
-            total, seen = 0.0, 0
-            for step, idx in enumerate(batches(len(x_train), train.batch_size, generator)):
-                if cb.should_cancel():
-                    raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
-                idx_dev = idx.to(device)
-                xb, yb = x_train[idx_dev], y_train[idx_dev]
-                if augment is not None:
-                    xb = augment(xb, generator)
-                if start_step is not None:
-                    start_step(epoch + 1, step)
-                with _autocast(device, amp):
-                    teacher_logits = teacher_out(idx_dev, xb)
-                    out = StepOutputs(
-                        student(xb), yb, teacher_logits, hooks[0].take(), hooks[1].take()
-                    )
-                    loss = method(out)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if train.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], train.grad_clip
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-                cb.on_step(stage, epoch + 1, step + 1, loss.item())
+            train_loss = stepper.run_epoch(x_train, y_train, train.batch_size, epoch, stage, cb)
             train_seconds = time.perf_counter() - started
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
@@ -283,7 +325,7 @@ def fit(
             record = EpochRecord(
                 stage=stage,
                 epoch=epoch + 1,
-                train_loss=total / max(seen, 1),
+                train_loss=train_loss,
                 student_accuracy=accuracy(student, data.x_val, data.y_val, device=device),
                 lr=lr,
                 seconds=time.perf_counter() - started,
