@@ -61,6 +61,17 @@ class LayerParams(DistillParams):
         return self
 
 
+class EmbeddingParams(LayerParams):
+    """Layer pairs defaulting to the zoo's `pool` embedding (the relation methods' input)."""
+
+    student_layers: list[str] = Field(
+        default_factory=lambda: ["pool"], min_length=1, description="student embedding layers"
+    )
+    teacher_layers: list[str] = Field(
+        default_factory=lambda: ["pool"], min_length=1, description="teacher embedding layers"
+    )
+
+
 class DistillTerm(Method):
     """A method whose loss is `ce_weight · CE + distill_loss`; `combined` reuses `distill_loss`.
 

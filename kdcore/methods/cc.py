@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdcore.methods._common import (
-    LayerParams,
+    EmbeddingParams,
     LayerTerm,
     as_float,
 )
@@ -33,13 +33,7 @@ from kdcore.methods.base import MethodParams, StepOutputs
 from kdcore.methods.registry import register
 
 
-class CCParams(LayerParams):
-    student_layers: list[str] = Field(
-        default_factory=lambda: ["pool"], min_length=1, description="student embedding layers"
-    )
-    teacher_layers: list[str] = Field(
-        default_factory=lambda: ["pool"], min_length=1, description="teacher embedding layers"
-    )
+class CCParams(EmbeddingParams):
     beta: float = Field(100.0, ge=0, description="weight of the correlation term")
     gamma: float = Field(0.4, gt=0, description="Gaussian RBF kernel parameter γ")
     order: int = Field(2, ge=0, le=10, description="order P of the kernel's Taylor expansion")

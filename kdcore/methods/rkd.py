@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdcore.methods._common import (
-    LayerParams,
+    EmbeddingParams,
     LayerTerm,
     as_float,
 )
@@ -34,13 +34,7 @@ from kdcore.methods.base import MethodParams, StepOutputs
 from kdcore.methods.registry import register
 
 
-class RKDParams(LayerParams):
-    student_layers: list[str] = Field(
-        default_factory=lambda: ["pool"], min_length=1, description="student embedding layers"
-    )
-    teacher_layers: list[str] = Field(
-        default_factory=lambda: ["pool"], min_length=1, description="teacher embedding layers"
-    )
+class RKDParams(EmbeddingParams):
     distance_weight: float = Field(25.0, ge=0, description="weight of the distance term")
     angle_weight: float = Field(50.0, ge=0, description="weight of the angle term")
 
