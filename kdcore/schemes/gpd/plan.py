@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-#: Layers with weights that the rules of gpd.md §1 cover so far (step 1).
-DENSE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-NORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+from kdcore.schemes.gpd.rules import RULES, Widening, find, handled
+
 #: Parameter-free layers that act on every channel alike: ReLU is positively homogeneous
 #: (gpd.md §1: "ReLU needs nothing"), pooling and dropout are per-channel or linear.
 PASSTHROUGH = (
@@ -38,45 +36,56 @@ PASSTHROUGH = (
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
 )
-SUPPORTED = DENSE + NORM + PASSTHROUGH
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 #: Functions/methods allowed on widened tensors (replica-wise, or sums of equal states).
 _FUNCS: set[Callable[..., Any]] = {operator.add, torch.add, torch.relu, F.relu, torch.flatten}
 _METHODS = {"add", "relu", "flatten"}
 
 
-@dataclass(frozen=True)
-class Widening:
-    """For one layer with weights: is its input widened, is its output widened."""
+def _supported_names() -> str:
+    return ", ".join(sorted({t.__name__ for t in (*RULES, *PASSTHROUGH)}))
 
-    in_wide: bool
-    out_wide: bool
+
+class _Tracer(fx.Tracer):
+    """Layers with a rule are leaves (their insides are the rule's business)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return handled(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _label(name: str) -> str:
     return repr(name) if name else "'<root>'"
 
 
+def _inside_handled(name: str, handled_names: list[str]) -> bool:
+    return any(name.startswith(h + ".") for h in handled_names)
+
+
 def check_modules(model: nn.Module) -> None:
-    """Fail before tracing or building on layer types the rules do not cover yet."""
+    """Fail before tracing or building on layer types no rule covers."""
+    handled_names: list[str] = []
     for name, m in model.named_modules():
-        if isinstance(m, CONTAINERS):
+        if isinstance(m, CONTAINERS) or _inside_handled(name, handled_names):
             continue
-        builtin = type(m).__module__.startswith("torch.nn")
-        if builtin and not isinstance(m, SUPPORTED):
-            raise ValueError(
-                f"GPD cannot expand module {_label(name)} ({type(m).__name__}): no inverse-"
-                "reparameterization rule for this layer type yet (supported: "
-                + ", ".join(sorted({t.__name__ for t in SUPPORTED}))
-                + ")"
-            )
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
             raise ValueError(
                 f"GPD cannot expand module {_label(name)} ({type(m).__name__} with "
                 f"groups={m.groups}): depthwise/grouped convolutions are not supported yet"
             )
+        if handled(m):
+            handled_names.append(name)
+            continue
+        builtin = type(m).__module__.startswith("torch.nn")
+        if builtin and not isinstance(m, PASSTHROUGH):
+            raise ValueError(
+                f"GPD cannot expand module {_label(name)} ({type(m).__name__}): no inverse-"
+                f"reparameterization rule for this layer type yet (supported: "
+                f"{_supported_names()})"
+            )
     # Custom modules with tensors of their own second, so a built-in layer is named first.
     for name, m in model.named_modules():
+        if handled(m) or _inside_handled(name, handled_names):
+            continue
         builtin = type(m).__module__.startswith("torch.nn")
         own = [n for n, _ in m.named_parameters(recurse=False)]
         own += [n for n, b in m.named_buffers(recurse=False) if b is not None]
@@ -97,10 +106,10 @@ def _where(node: fx.Node) -> str:
 
 
 def plan(model: nn.Module) -> dict[str, Widening]:
-    """Module name → Widening for every Linear/Conv/BN the forward calls (gpd.md §1)."""
+    """Module name → Widening for every layer with a rule that the forward calls (gpd.md §1)."""
     check_modules(model)
     try:
-        graph = fx.Tracer().trace(model)
+        graph = _Tracer().trace(model)
     except Exception as exc:  # tracing failures are user-facing: say what to do
         raise ValueError(
             f"GPD cannot expand {type(model).__name__}: its forward cannot be traced "
@@ -109,7 +118,10 @@ def plan(model: nn.Module) -> dict[str, Widening]:
     modules = dict(model.named_modules())
 
     def is_dense(n: fx.Node) -> bool:
-        return n.op == "call_module" and isinstance(modules[str(n.target)], DENSE)
+        if n.op != "call_module":
+            return False
+        found = find(modules[str(n.target)])
+        return found is not None and found.role == "dense"
 
     # Last layers: Linear/Conv reached backwards from the output without crossing another one.
     output = next(n for n in graph.nodes if n.op == "output")
@@ -146,12 +158,12 @@ def plan(model: nn.Module) -> dict[str, Widening]:
             )
         if n.op == "call_module":
             name, m = str(n.target), modules[str(n.target)]
-            if isinstance(m, DENSE):
+            found = find(m)
+            w = None
+            if found is not None and found.role == "dense":
                 w = Widening(in_wide=any_wide, out_wide=n not in last)
-            elif isinstance(m, NORM):
+            elif found is not None:
                 w = Widening(in_wide=any_wide, out_wide=any_wide)
-            else:
-                w = None
             if w is not None:
                 if result.setdefault(name, w) != w:
                     raise ValueError(
