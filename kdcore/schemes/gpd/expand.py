@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdcore.schemes.gpd import basic_rules  # noqa: F401  (registers the Linear/Conv/BN rules)
+# Importing the rule modules registers their rules.
+from kdcore.schemes.gpd import (  # noqa: F401
+    basic_rules,
+    cbr,
+    grouped_rules,
+    transformer_rules,
+)
 from kdcore.schemes.gpd.plan import plan
 from kdcore.schemes.gpd.rules import find
 
