@@ -127,16 +127,23 @@ def _fail_invalid(title: str, errors: list[tuple[str, str]]) -> None:
 
 def _print_summary(report: dict, out: Path) -> None:
     t, s, b = report["teacher"], report["student"], report["baseline"]
+    d = report.get("dynamic_teacher")
     con = Console(file=sys.stdout)
     con.print(f"[bold]{report['name']}[/] ({report['method']['name']})")
-    con.print(f"  teacher  acc {t['accuracy']:6.2f}%  params {t['params']:>10,}")
-    con.print(
-        f"  student  acc {s['accuracy']:6.2f}%  params {s['params']:>10,}"
-        f"  ({report['compression']}x smaller)"
-    )
+    if t is not None:
+        con.print(f"  teacher  acc {t['accuracy']:6.2f}%  params {t['params']:>10,}")
+    if d is not None:
+        con.print(
+            f"  dynamic  acc {d['accuracy']:6.2f}%  params {d['params']:>10,}"
+            f"  (GPD, ratio {d['ratio']}, scenario {d['scenario']})"
+        )
+    smaller = f"  ({report['compression']}x smaller)" if report["compression"] else ""
+    con.print(f"  student  acc {s['accuracy']:6.2f}%  params {s['params']:>10,}{smaller}")
     if b is not None:
         con.print(f"  baseline acc {b['accuracy']:6.2f}%  (student trained alone)")
-    con.print(f"  gap {report['gap']:.2f} points")
+    to_dynamic = report.get("gap_reference", "teacher") != "teacher"
+    against = " (to the dynamic teacher)" if to_dynamic else ""
+    con.print(f"  gap {report['gap']:.2f} points{against}")
     for check in report["gates"]["checks"]:
         verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
         con.print(f"  gate {check['name']}: {check['value']} vs {check['threshold']} {verdict}")

@@ -36,6 +36,7 @@ def describe(check: dict[str, Any]) -> str:
     return f"{check['name']}: {what} {check['value']} {op} {check['threshold']} ({verdict})"
 
 
-def judge(gates: GatesSpec, teacher_accuracy: float, student_accuracy: float) -> dict[str, Any]:
-    """{"passed": bool, "checks": [{name, threshold, value, passed}, ...]}"""
-    return check_gates(gates, teacher_accuracy, student_accuracy)
+def judge(gates: GatesSpec, gap: float, student_accuracy: float) -> dict[str, Any]:
+    """{"passed": bool, "checks": [{name, threshold, value, passed}, ...]}; `gap` is the job's
+    (teacher − student, or dynamic teacher − student for a GPD job without a teacher)."""
+    return check_gates(gates, gap, student_accuracy)

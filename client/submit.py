@@ -159,11 +159,8 @@ def run(
     if ev is None:
         return done("error", f"job {job.id} succeeded but has no evaluation")
     gates = effective_gates(job.spec, opts.max_gap, opts.min_accuracy)
-    verdict = judge(gates, ev.teacher_accuracy, ev.student_accuracy)
-    say(
-        f"teacher {ev.teacher_accuracy:.2f}%  student {ev.student_accuracy:.2f}%  "
-        f"gap {ev.gap:.2f} points  {ev.compression_ratio:.1f}x fewer parameters"
-    )
+    verdict = judge(gates, ev.gap, ev.student_accuracy)
+    say(ev.describe())
     for check in verdict["checks"]:
         say("  gate " + describe(check))
     if not verdict["passed"]:

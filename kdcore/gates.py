@@ -5,11 +5,12 @@ from __future__ import annotations
 from kdcore.spec import GatesSpec
 
 
-def check_gates(gates: GatesSpec, teacher_accuracy: float, student_accuracy: float) -> dict:
-    """Every configured check with its threshold, measured value and verdict."""
+def check_gates(gates: GatesSpec, gap: float, student_accuracy: float) -> dict:
+    """Every configured check with its threshold, measured value and verdict. `gap` is the
+    teacher's accuracy minus the student's (for a GPD job without a static teacher, its dynamic
+    teacher's: the report's `gap_reference`)."""
     checks = []
     if gates.max_gap is not None:
-        gap = teacher_accuracy - student_accuracy
         checks.append(
             {
                 "name": "max_gap",

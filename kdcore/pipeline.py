@@ -34,6 +34,8 @@ from kdcore.models.loaders import load_state_dict_file, load_teacher, load_weigh
 from kdcore.models.outputs import LogitsOutput, with_logits
 from kdcore.models.registry import build_model
 from kdcore.schemes import born_again, multi_teacher, mutual, teacher_assistant
+from kdcore.schemes.gpd import scheme as gpd
+from kdcore.schemes.gpd.trainee import GPDTrainee
 from kdcore.schemes.multi_teacher import TeacherEnsemble
 from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
 from kdcore.train import FitResult, fit, freeze, select_device
@@ -249,13 +251,12 @@ def run(
         spec.student, spec.data, spec.train, spec.method, *teacher_parts, *spec.assistants
     )
     with timer.stage("distill"):
-        mutual_group = mutual.build_group(spec, data, method) if mutual.is_mutual(method) else None
-        student = mutual_group if mutual_group is not None else build_student(spec, data)
+        trained = training_model(spec, data, method)
         result = fit(
-            student,
+            trained,
             method,
             data,
-            spec.train,
+            _train_settings(spec, method),
             stage="distill",
             teacher=chain.teacher,
             augment=job.augment,
@@ -265,10 +266,12 @@ def run(
             teacher_mode=chain.mode,
             cache_teacher=chain.cache,
         )
-    peers = None
-    if mutual_group is not None:  # deep mutual learning: the job's student is one peer
-        chosen = mutual.choose_peer(mutual_group, data, method)
+    student, peers, dynamic_teacher = trained, None, None
+    if isinstance(trained, mutual.PeerGroup):  # deep mutual learning: the student is one peer
+        chosen = mutual.choose_peer(trained, data, method)
         student, peers = chosen.model, chosen.report_section()
+    if isinstance(trained, GPDTrainee):  # GPD: the student is cut out of its dynamic teacher
+        student, dynamic_teacher = trained.student(), trained.dynamic_teacher()
     generations = [born_again.Generation(1, student, result)]
     if spec.generations > 1:
         with timer.stage("generations"):
@@ -285,6 +288,10 @@ def run(
 
     with timer.stage("evaluate"):
         measured = _evaluate(job, teacher, members, histories, chain, generations)
+        if dynamic_teacher is not None:
+            measured.dynamic_teacher = gpd.report_section(
+                method, _summary(dynamic_teacher, data, spec)
+            )
     with timer.stage("export"):
         artifacts = _export(job, student, out)
 
@@ -302,12 +309,31 @@ def run(
     return report
 
 
+def training_model(spec: JobSpec, data: Dataset, method: Method) -> nn.Module:
+    """What the distill stage trains: the student, DML's peer group, or GPD's trainee."""
+    if mutual.is_mutual(method):
+        return mutual.build_group(spec, data, method)
+    if gpd.is_gpd(method):
+        return gpd.build_trainee(spec, data, method)
+    return build_student(spec, data)
+
+
+def _train_settings(spec: JobSpec, method: Method) -> Any:
+    """`train`, with GPD's gradient clip when the spec sets none (gpd.md §4)."""
+    clip = getattr(method.hparams, "grad_clip", None) if gpd.is_gpd(method) else None
+    if clip is None or spec.train.grad_clip is not None:
+        return spec.train
+    return spec.train.model_copy(update={"grad_clip": clip})
+
+
 def _check_layers_early(spec: JobSpec, data: Dataset, method: Method) -> list[nn.Module]:
-    """Fail on a wrong layer name before any training; returns the built assistants."""
+    """Fail on a wrong layer name (or a student GPD cannot expand) before any training;
+    returns the built assistants."""
     example = data.x_train[:2]
     mutual.check_spec(spec, method)
+    gpd.check_spec(spec, method)
     first_student = build_student(spec, data)
-    hooked = mutual.build_group(spec, data, method) if mutual.is_mutual(method) else first_student
+    hooked = training_model(spec, data, method)
     check_layers(hooked, method.student_layers(), "method.student_layers", example)
     born_again.check_generation_layers(spec, first_student, method, example)
     assistants = build_assistants(spec, data)
@@ -342,6 +368,7 @@ class Measured:
     assistants: list[dict[str, Any]]
     student: dict[str, Any]
     generation_accuracies: list[float]
+    dynamic_teacher: dict[str, Any] | None = None
 
 
 def _evaluate(
@@ -436,8 +463,14 @@ def _report(
     """report.json's content about models: accuracies, the gap, gates, artifacts, history."""
     spec, data = job.spec, job.data
     teacher_section, student_summary = measured.teacher, measured.student
+    dynamic = measured.dynamic_teacher
     teacher_acc = teacher_section["accuracy"] if teacher_section else None
-    gap = None if teacher_acc is None else round(teacher_acc - student_summary["accuracy"], 4)
+    dynamic_acc = dynamic["accuracy"] if dynamic else None
+    gaps = gpd.gaps(teacher_acc, dynamic_acc, student_summary["accuracy"])
+    # The gap a gate judges: to the static teacher; a GPD job without one (scenario scratch or
+    # finetune) measures it to its dynamic teacher, the only teacher it had.
+    reference = "teacher" if teacher_section else "dynamic_teacher"
+    gap = gaps["teacher_student"] if teacher_section else gaps["dynamic_student"]
     compression = (
         round(teacher_section["params"] / max(student_summary["params"], 1), 3)
         if teacher_section
@@ -447,6 +480,7 @@ def _report(
         "name": spec.name,
         "method": {"name": spec.method.name, **spec.method.params().model_dump()},
         "teacher": teacher_section,
+        "dynamic_teacher": dynamic,
         "student": {
             "arch": spec.student.arch,
             **student_summary,
@@ -456,8 +490,10 @@ def _report(
         "generations": born_again.report_section(generations, measured.generation_accuracies),
         "baseline": baseline,
         "gap": gap,
+        "gap_reference": reference,
+        "gaps": gaps,
         "compression": compression,
-        "gates": check_gates(spec.gates, teacher_acc or 0.0, student_summary["accuracy"]),
+        "gates": check_gates(spec.gates, gap, student_summary["accuracy"]),
         "artifacts": [a.to_dict() for a in artifacts],
         "history": [r.to_dict() for g in generations for r in g.result.history],
         "data": {

@@ -279,6 +279,7 @@ def parse_spec(data: Any) -> JobSpec:
     except ValidationError as exc:
         raise SpecError(_pydantic_errors(exc)) from None
     errors: list[tuple[str, str]] = []
+    teacher_free = False
     if spec.method.name not in registry.names():
         errors.append(
             (
@@ -288,10 +289,11 @@ def parse_spec(data: Any) -> JobSpec:
         )
     else:
         try:
-            spec.method.params()
+            method = registry.build(spec.method.name, spec.method.model_extra)
+            teacher_free = method.trains_own_teacher and not method.needs_teacher
         except ValidationError as exc:
             errors.extend(_pydantic_errors(exc, ("method",)))
-    errors.extend(_teacher_errors(spec))
+    errors.extend(_teacher_errors(spec, teacher_free))
     from kdcore.models import registry as models
 
     archs = [("student.arch", spec.student.arch)]
@@ -309,9 +311,21 @@ def parse_spec(data: Any) -> JobSpec:
     return spec
 
 
-def _teacher_errors(spec: JobSpec) -> list[tuple[str, str]]:
-    """Who teaches: exactly one of teacher / teachers."""
+def _teacher_errors(spec: JobSpec, teacher_free: bool = False) -> list[tuple[str, str]]:
+    """Who teaches: exactly one of teacher / teachers; none for a method that trains its own
+    teacher and needs no other (`teacher_free`: GPD's scratch and finetune scenarios)."""
     errors: list[tuple[str, str]] = []
+    if teacher_free:
+        for field in ("teacher", "teachers"):
+            if getattr(spec, field) is not None:
+                errors.append(
+                    (
+                        field,
+                        f"method {spec.method.name} with this scenario uses no static teacher; "
+                        "remove it, or set method.scenario: teacher",
+                    )
+                )
+        return errors
     if spec.teacher is not None and spec.teachers is not None:
         errors.append(("teachers", "give either teacher (one) or teachers (several), not both"))
     if spec.multi_teacher is not None and spec.teachers is None:
@@ -326,8 +340,8 @@ def _teacher_errors(spec: JobSpec) -> list[tuple[str, str]]:
                 )
             )
     if spec.teacher is None and spec.teachers is None:
-        # Every method learns from a teacher for now; a teacher-free method will relax this
-        # (the report's teacher section and gap are then null, which readers must accept first).
+        # Methods that need no teacher but train none of their own (tf_kd, dml, byot) still
+        # take one: the report's gap, the gates and the service's evaluation are measured to it.
         errors.append(
             ("teacher", "required field is missing; give teacher (one) or teachers (several)")
         )

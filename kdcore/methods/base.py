@@ -37,6 +37,9 @@ class Method(nn.Module):
 
     params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    #: The method trains a teacher of its own (GPD's dynamic teacher): when it needs no static
+    #: teacher, the spec must give none, and the gap is measured to its own.
+    trains_own_teacher: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams):
         super().__init__()

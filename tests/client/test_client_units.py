@@ -87,10 +87,10 @@ def test_command_line_gates_replace_and_extend_the_specs() -> None:
     gates = effective_gates({"gates": {"max_gap": 5.0}}, min_accuracy=95.0)
     assert (gates.max_gap, gates.min_student_accuracy) == (5.0, 95.0)
     assert effective_gates({"gates": {"max_gap": 5.0}}, max_gap=1.0).max_gap == 1.0
-    verdict = judge(gates, teacher_accuracy=97.0, student_accuracy=93.0)
+    verdict = judge(gates, gap=4.0, student_accuracy=93.0)
     assert verdict["passed"] is False
     assert [c["passed"] for c in verdict["checks"]] == [True, False]  # gap 4 <= 5; 93 < 95
-    assert judge(effective_gates({}), 97.0, 10.0) == {"passed": True, "checks": []}
+    assert judge(effective_gates({}), 87.0, 10.0) == {"passed": True, "checks": []}
 
 
 def fake_job(status: str, evaluation: dict[str, Any] | None = None) -> Job:

@@ -40,6 +40,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "tf_kd": {},  # learns from a virtual teacher; the spec's teacher only sets the report's gap
     "dml": {"peers": 2},  # two peers of the student trained together; the best is exported
     "adversarial": {"hidden": 16},
+    # A 2× wider dynamic teacher grown from the student, trained alongside it (scenario teacher).
+    "gpd": {"ratio": 2},
     # FSP needs equal widths: resnet14 → resnet8 (both 16/16/32/64), flow from layer1 to layer2.
     "fsp": {"student_pairs": [["layer1", "layer2"]], "teacher_pairs": [["layer1", "layer2"]]},
     # Auxiliary heads on resnet8's layer1 and layer2, taught by its own output (no teacher used).
