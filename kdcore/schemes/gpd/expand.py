@@ -23,8 +23,9 @@ from kdcore.schemes.gpd import (  # noqa: F401
     grouped_rules,
     transformer_rules,
 )
-from kdcore.schemes.gpd.plan import plan
+from kdcore.schemes.gpd.plan import analyse
 from kdcore.schemes.gpd.rules import find
+from kdcore.schemes.gpd.transformer_rules import widen_tensors
 
 
 @dataclass
@@ -52,7 +53,8 @@ def expansion(
 ) -> Expansion:
     """`expand`, plus the slice factors the hard strategy (gpd.md §2) cuts the student with."""
     _check(ratio, noise)
-    widening = plan(student)
+    planned = analyse(student)
+    widening = planned.layers
     dt = copy.deepcopy(student)
     scales: dict[str, float] = {}
     for name, w in widening.items():
@@ -67,6 +69,7 @@ def expansion(
         if widened.module is not old:
             setattr(parent, attr, widened.module)
         scales.update({f"{name}.{k}": f for k, f in widened.scales.items()})
+    scales.update(widen_tensors(dt, planned.tensors, ratio, noise, generator))
     if isinstance(getattr(dt, "feature_dim", None), int):
         dt.feature_dim = student.feature_dim * ratio  # the penultimate width, now r× wider
     return Expansion(dt, ratio, scales)

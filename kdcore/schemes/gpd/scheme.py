@@ -66,9 +66,7 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gaps(
-    teacher: float | None, dynamic: float | None, student: float
-) -> dict[str, float | None]:
+def gaps(teacher: float | None, dynamic: float | None, student: float) -> dict[str, float | None]:
     """Accuracy points between each pair of static teacher, dynamic teacher and student."""
 
     def diff(a: float | None, b: float | None) -> float | None:

@@ -53,3 +53,15 @@ def replicate(
 ) -> torch.Tensor:
     """Per-channel vector replicated unscaled (BN γ/β with noise, running stats with noise 0)."""
     return torch.cat([_noisy(t, noise, generator) for _ in range(ratio)])
+
+
+def tile_along(
+    t: torch.Tensor,
+    ratio: int,
+    axis: int,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A tensor added to (or concatenated with) widened activations, e.g. a ViT's cls_token and
+    pos_embed: t/r replicated r times along its channel `axis` (+ε), the DT state's convention."""
+    return torch.cat([_noisy(t / ratio, noise, generator) for _ in range(ratio)], dim=axis)
