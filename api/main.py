@@ -28,7 +28,8 @@ DESCRIPTION = """\
 Distillery compresses a teacher model into a smaller student by knowledge distillation.
 
 1. Upload files the spec refers to: `POST /v1/uploads` (`kind` = model or dataset) gives an id;
-   refer to it in the spec as `upload:<id>`.
+   refer to it in the spec as `upload:<id>`. A student may also start from an earlier job's
+   student: `student.checkpoint: job:<id>` (a succeeded job of yours that exported safetensors).
 2. Submit the spec: `POST /v1/jobs`. A worker picks the job up.
 3. Follow it: `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/stream` (Server-Sent Events),
    `/events`, `/metrics`.

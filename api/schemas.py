@@ -79,18 +79,58 @@ class ArtifactOut(Out):
 
 
 class EvaluationOut(Out):
-    teacher_accuracy: float = Field(..., description="percent, on the held-out split")
+    """Teacher, student (and for GPD jobs the dynamic teacher) measured on one held-out split.
+
+    A GPD job without a static teacher (`method.scenario` scratch or finetune) has null
+    `teacher_*` fields and a null `compression_ratio`; its `gap` is measured to the dynamic
+    teacher (`gap_reference` = dynamic_teacher)."""
+
+    teacher_accuracy: float | None = Field(
+        None, description="percent, on the held-out split; null when the job had no teacher"
+    )
     student_accuracy: float = Field(..., description="percent, on the same split")
     baseline_accuracy: float | None = Field(
         None, description="the student trained alone with CE (when evaluate.baseline is on)"
     )
-    gap: float = Field(..., description="teacher minus student accuracy, in points")
-    teacher_params: int
+    gap: float = Field(
+        ...,
+        description="teacher minus student accuracy in points, or dynamic teacher minus student "
+        "when gap_reference is dynamic_teacher; the quality gates judge this",
+    )
+    gap_reference: Literal["teacher", "dynamic_teacher"] = Field(
+        "teacher",
+        description="which teacher `gap` is measured to: the static teacher, or (a GPD job "
+        "without one) the dynamic teacher",
+    )
+    teacher_params: int | None = Field(None, description="null when the job had no teacher")
     student_params: int
-    compression_ratio: float
-    teacher_latency_ms: float
+    compression_ratio: float | None = Field(
+        None, description="teacher parameters / student parameters; null without a teacher"
+    )
+    teacher_latency_ms: float | None = Field(
+        None, description="CPU latency per batch; null when the job had no teacher"
+    )
     student_latency_ms: float
     student_size_bytes: int
+    dynamic_teacher_accuracy: float | None = Field(
+        None,
+        description="GPD only: accuracy (percent) of the dynamic teacher, the student widened "
+        "by `dynamic_teacher_ratio` and trained alongside it; null for other methods",
+    )
+    dynamic_teacher_params: int | None = Field(
+        None, description="GPD only: parameters of the dynamic teacher"
+    )
+    dynamic_teacher_ratio: int | None = Field(
+        None, description="GPD only: how many times wider than the student the dynamic teacher is"
+    )
+    gap_teacher_dynamic: float | None = Field(
+        None,
+        description="GPD only: static teacher minus dynamic teacher accuracy, in points; null "
+        "without a static teacher",
+    )
+    gap_dynamic_student: float | None = Field(
+        None, description="GPD only: dynamic teacher minus student accuracy, in points"
+    )
     gate_passed: bool
     gates: dict[str, Any]
     created_at: datetime

@@ -2,8 +2,10 @@
 
 A spec sent over HTTP runs on a server that must not read its own files on a client's say-so,
 so every file field must name an upload (`upload:<id>`) that exists, belongs to the caller and
-has the right kind. The runtime a spec asks for is capped by the service's settings (it sets the
-broker's visibility timeout, so a longer job would be delivered twice).
+has the right kind; `student.checkpoint` may instead name an earlier job (`job:<id>`, see
+store/refs.py) that the caller can see, that has succeeded and has safetensors weights. The
+runtime a spec asks for is capped by the service's settings (it sets the broker's visibility
+timeout, so a longer job would be delivered twice).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from sqlalchemy.orm import Session
 from api.errors import FieldErrors
 from kdcore.spec import UPLOAD_PREFIX, JobSpec, file_references, parse_spec
 from store.models import Upload
+from store.refs import JOB_REF_FIELDS, is_job_ref, job_weights, misplaced_job_ref
 from store.settings import Settings
 
 
-def check_spec(data: Any, session: Session, owner: str, settings: Settings) -> JobSpec:
-    """Parse and check a submitted spec; raise `SpecError`/`FieldErrors` naming each field."""
+def check_spec(data: Any, session: Session, owner: str | None, settings: Settings) -> JobSpec:
+    """Parse and check a submitted spec; raise `SpecError`/`FieldErrors` naming each field.
+    `owner` is the caller's project (None: a service without keys, which sees every job)."""
     if not isinstance(data, dict):
         raise FieldErrors(
             [("(root)", "a job spec is a JSON object with name, teacher, student, data, ...")],
@@ -41,21 +45,30 @@ def check_spec(data: Any, session: Session, owner: str, settings: Settings) -> J
     return spec
 
 
-def upload_errors(spec: JobSpec, session: Session, owner: str) -> list[tuple[str, str]]:
+def upload_errors(spec: JobSpec, session: Session, owner: str | None) -> list[tuple[str, str]]:
     errors = []
     for loc, value, kind in file_references(spec):
+        if is_job_ref(value):
+            if loc not in JOB_REF_FIELDS:
+                errors.append((loc, misplaced_job_ref(loc)))
+                continue
+            _, problem = job_weights(session, value, owner)
+            if problem:
+                errors.append((loc, problem))
+            continue
         if not value.startswith(UPLOAD_PREFIX):
             errors.append(
                 (
                     loc,
                     f"{value!r} is a local path; a spec sent to the service must name an "
-                    f"uploaded file: POST /v1/uploads (kind={kind}), then use upload:<id>",
+                    f"uploaded file: POST /v1/uploads (kind={kind}), then use upload:<id>"
+                    + (" (or job:<id>, an earlier job's student)" if loc in JOB_REF_FIELDS else ""),
                 )
             )
             continue
         upload_id = value[len(UPLOAD_PREFIX) :]
         upload = session.get(Upload, upload_id) if upload_id else None
-        if upload is None or upload.owner != owner:
+        if upload is None or upload.owner != (owner or ""):
             errors.append(
                 (loc, f"upload {upload_id!r} does not exist; POST /v1/uploads (kind={kind}) first")
             )

@@ -36,12 +36,16 @@ def report(outcome: Outcome, gate_names: list[str], server: str) -> ET.ElementTr
         facts.update(job_id=job.id, status=job.status, url=f"{server}/v1/jobs/{job.id}")
         ev = job.evaluation
         if ev is not None:
-            facts.update(
-                teacher_accuracy=str(ev.teacher_accuracy),
-                student_accuracy=str(ev.student_accuracy),
-                gap=str(ev.gap),
-                compression_ratio=str(ev.compression_ratio),
-            )
+            numbers = {
+                "teacher_accuracy": ev.teacher_accuracy,
+                "dynamic_teacher_accuracy": ev.dynamic_teacher_accuracy,
+                "student_accuracy": ev.student_accuracy,
+                "gap": ev.gap,
+                "compression_ratio": ev.compression_ratio,
+            }
+            # a job without a (dynamic) teacher leaves its property out rather than say "None"
+            facts.update({k: str(v) for k, v in numbers.items() if v is not None})
+            facts["gap_reference"] = ev.gap_reference
     for key, value in facts.items():
         ET.SubElement(props, "property", name=key, value=value)
 

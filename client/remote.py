@@ -76,7 +76,10 @@ def submit(
         None, "--timeout", help="seconds to wait at most; then exit 4", show_default=False
     ),
     max_gap: float | None = typer.Option(
-        None, "--max-gap", help="gate: fail (exit 3) if the teacher-student gap is above this"
+        None,
+        "--max-gap",
+        help="gate: fail (exit 3) if the teacher-student gap (to the dynamic teacher for a GPD "
+        "job without a teacher) is above this",
     ),
     min_accuracy: float | None = typer.Option(
         None, "--min-accuracy", help="gate: fail (exit 3) if the student's accuracy is below this"
@@ -190,12 +193,25 @@ def print_job(job: Job) -> None:
         out.print(f"  error     {escape(job.error_code or '')}: {escape(job.error_message)}")
     ev = job.evaluation
     if ev is not None:
+        teacher = f"teacher {ev.teacher_accuracy:.2f}%  " if ev.has_teacher else "no teacher  "
+        against = " (to the dynamic teacher)" if ev.gap_reference == "dynamic_teacher" else ""
         out.print(
-            f"  accuracy  teacher {ev.teacher_accuracy:.2f}%  student {ev.student_accuracy:.2f}%"
-            f"  gap {ev.gap:.2f} points"
+            f"  accuracy  {teacher}student {ev.student_accuracy:.2f}%"
+            f"  gap {ev.gap:.2f} points{against}"
         )
+        if ev.dynamic_teacher_accuracy is not None:
+            params = (
+                f", {ev.dynamic_teacher_params:,} params"
+                if ev.dynamic_teacher_params is not None
+                else ""
+            )
+            out.print(
+                f"  dynamic   teacher {ev.dynamic_teacher_accuracy:.2f}%"
+                f" (GPD, {ev.dynamic_teacher_ratio}x wider{params})"
+            )
+        fewer = f" ({ev.compression_ratio:.1f}x fewer)" if ev.compression_ratio is not None else ""
         out.print(
-            f"  size      {ev.student_params:,} params ({ev.compression_ratio:.1f}x fewer), "
+            f"  size      {ev.student_params:,} params{fewer}, "
             f"{ev.student_latency_ms:.3f} ms/batch on CPU"
         )
         out.print(f"  gates     {'passed' if ev.gate_passed else 'FAILED'}")

@@ -17,9 +17,8 @@ from typing import Any
 import yaml
 
 from client.errors import FieldError, InvalidSpec
-from kdcore.spec import set_path
+from kdcore.spec import JOB_PREFIX, UPLOAD_PREFIX, set_path
 
-UPLOAD_PREFIX = "upload:"
 BUILTIN_DATA = frozenset({"digits", "synthetic"})
 MODEL_KEYS = ("checkpoint", "torchscript", "onnx")
 
@@ -66,12 +65,14 @@ def read_spec(path: str | Path) -> dict[str, Any]:
 
 
 def local_files(spec: dict[str, Any], base: Path) -> list[LocalFile]:
-    """The files the spec names by path (not `upload:`, not a built-in data set), resolved
-    against `base`; InvalidSpec naming every field whose file is missing."""
+    """The files the spec names by path (not `upload:`, not `job:`, not a built-in data set),
+    resolved against `base`; InvalidSpec naming every field whose file is missing. A `job:<id>`
+    reference is the server's to check (and only some fields may use one), so it is sent as
+    written."""
     found: list[LocalFile] = []
     missing: list[FieldError] = []
     for loc, value, kind in file_fields(spec):
-        if not isinstance(value, str) or not value or value.startswith(UPLOAD_PREFIX):
+        if not isinstance(value, str) or not value or value.startswith((UPLOAD_PREFIX, JOB_PREFIX)):
             continue
         if loc == "data.source" and value in BUILTIN_DATA:
             continue

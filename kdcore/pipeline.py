@@ -37,7 +37,7 @@ from kdcore.schemes import born_again, multi_teacher, mutual, teacher_assistant
 from kdcore.schemes.gpd import scheme as gpd
 from kdcore.schemes.gpd.trainee import GPDTrainee
 from kdcore.schemes.multi_teacher import TeacherEnsemble
-from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
+from kdcore.spec import JOB_PREFIX, JobSpec, MultiTeacherSpec, TeacherSpec, teacher_specs
 from kdcore.train import FitResult, fit, freeze, select_device
 
 
@@ -84,6 +84,12 @@ def build_assistants(spec: JobSpec, data: Dataset) -> list[nn.Module]:
 def build_student(spec: JobSpec, data: Dataset) -> nn.Module:
     """The student, identically initialised for the baseline and the distillation run."""
     model = _build(spec.student.arch, spec.student.kwargs, data, "student.kwargs", spec.train.seed)
+    if spec.student.checkpoint and spec.student.checkpoint.startswith(JOB_PREFIX):
+        raise InputError(
+            "student.checkpoint",
+            f"{spec.student.checkpoint} names a job of the service (only a worker resolves it); "
+            "here give a file: `distill download <job id> --format safetensors`, then its path",
+        )
     if spec.student.checkpoint:
         state = load_state_dict_file(spec.student.checkpoint, field="student.checkpoint")
         load_weights(model, state, "student.checkpoint", what=spec.student.arch)

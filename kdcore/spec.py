@@ -372,6 +372,8 @@ def load_spec(path: str | Path) -> JobSpec:
 
 
 UPLOAD_PREFIX = "upload:"
+#: `student.checkpoint: job:<id>`: the safetensors student of an earlier job of the service.
+JOB_PREFIX = "job:"
 
 
 def file_references(spec: JobSpec) -> list[tuple[str, str, str]]:
@@ -411,7 +413,7 @@ def resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
     """Make file references relative to the spec's folder absolute."""
 
     def fix(p: str | None) -> str | None:
-        if p is None or p.startswith(UPLOAD_PREFIX) or Path(p).is_absolute():
+        if p is None or p.startswith((UPLOAD_PREFIX, JOB_PREFIX)) or Path(p).is_absolute():
             return p
         candidate = base / p
         return str(candidate) if candidate.exists() or not Path(p).exists() else p

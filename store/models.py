@@ -170,19 +170,32 @@ class Artifact(Base):
 
 
 class Evaluation(Base):
+    """A finished job's numbers. `teacher_*` and `compression_ratio` are null for a job without a
+    static teacher (GPD scenarios scratch and finetune); `dynamic_teacher_*` are set for GPD jobs
+    only. `gap` is what the gates judge: teacher minus student, or dynamic teacher minus student
+    when `gap_reference` is "dynamic_teacher"."""
+
     __tablename__ = "evaluations"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    teacher_accuracy: Mapped[float] = mapped_column(Float)
+    teacher_accuracy: Mapped[float | None] = mapped_column(Float)
     student_accuracy: Mapped[float] = mapped_column(Float)
     baseline_accuracy: Mapped[float | None] = mapped_column(Float)
     gap: Mapped[float] = mapped_column(Float)
-    teacher_params: Mapped[int] = mapped_column(BigInteger)
+    teacher_params: Mapped[int | None] = mapped_column(BigInteger)
     student_params: Mapped[int] = mapped_column(BigInteger)
-    compression_ratio: Mapped[float] = mapped_column(Float)
-    teacher_latency_ms: Mapped[float] = mapped_column(Float)
+    compression_ratio: Mapped[float | None] = mapped_column(Float)
+    teacher_latency_ms: Mapped[float | None] = mapped_column(Float)
     student_latency_ms: Mapped[float] = mapped_column(Float)
     student_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    dynamic_teacher_accuracy: Mapped[float | None] = mapped_column(Float)
+    dynamic_teacher_params: Mapped[int | None] = mapped_column(BigInteger)
+    dynamic_teacher_ratio: Mapped[int | None] = mapped_column(Integer)
+    gap_reference: Mapped[str] = mapped_column(
+        String(16), default="teacher", server_default="teacher"
+    )  # "teacher" | "dynamic_teacher"
+    gap_teacher_dynamic: Mapped[float | None] = mapped_column(Float)
+    gap_dynamic_student: Mapped[float | None] = mapped_column(Float)
     gate_passed: Mapped[bool] = mapped_column(Boolean)
     gates: Mapped[dict[str, Any]]
     report: Mapped[dict[str, Any]]

@@ -59,6 +59,9 @@ def job_payload(
             "student_accuracy": evaluation.student_accuracy,
             "baseline_accuracy": evaluation.baseline_accuracy,
             "gap": evaluation.gap,
+            # "teacher", or "dynamic_teacher" for a GPD job without a teacher (teacher_* null)
+            "gap_reference": evaluation.gap_reference,
+            "dynamic_teacher_accuracy": evaluation.dynamic_teacher_accuracy,
             "compression_ratio": evaluation.compression_ratio,
             "gate_passed": evaluation.gate_passed,
             "gates": evaluation.gates,

@@ -1,4 +1,5 @@
-"""Turn a service spec's `upload:<id>` file fields into local files kdcore can open.
+"""Turn a service spec's `upload:<id>` file fields (and `job:<id>` starting weights, an earlier
+job's safetensors artifact: store/refs.py) into local files kdcore can open.
 
 kdcore picks a loader by file suffix (.onnx, .npz, .csv, ...), and blobs are stored under their
 sha256 with no suffix, so each upload is linked into the job's working folder under its
@@ -19,6 +20,7 @@ from kdcore.errors import InputError
 from kdcore.spec import UPLOAD_PREFIX, JobSpec, file_references, with_files
 from store.blobs import BlobStore
 from store.models import Upload
+from store.refs import JOB_REF_FIELDS, is_job_ref, job_weights, misplaced_job_ref
 
 
 def safe_filename(name: str) -> str:
@@ -36,14 +38,29 @@ def _link(src: Path, dest: Path) -> None:
 
 
 def localize_files(
-    s: Session, spec: JobSpec, blobs: BlobStore, workdir: Path
+    s: Session, spec: JobSpec, blobs: BlobStore, workdir: Path, owner: str | None = None
 ) -> tuple[JobSpec, dict[str, str]]:
     """Return the spec with every file field pointing at a local file, and a map from each local
     path to how the user named it (so error messages show `upload:<id> (name)`, not a temp
-    path)."""
+    path). `owner` is the running job's project: a `job:<id>` reference must be one of its jobs
+    (None: every owner, as the API allows on a service without keys)."""
     replace: dict[str, str] = {}
     names: dict[str, str] = {}
     for field, value, _kind in file_references(spec):
+        if is_job_ref(value):
+            if field not in JOB_REF_FIELDS:
+                raise InputError(field, misplaced_job_ref(field))
+            artifact, problem = job_weights(s, value, owner)
+            if artifact is None:
+                raise InputError(field, problem)
+            blob = blobs.path(artifact.storage_key)
+            if not blob.is_file():
+                raise RuntimeError(f"{field}: the blob of {value}'s {artifact.format} is missing")
+            dest = workdir / "inputs" / field / safe_filename(artifact.filename)
+            _link(blob, dest)
+            replace[field] = str(dest)
+            names[str(dest)] = f"{value} ({artifact.filename})"
+            continue
         if not value.startswith(UPLOAD_PREFIX):
             raise InputError(
                 field,

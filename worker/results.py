@@ -75,19 +75,30 @@ def _finite(obj: Any) -> Any:
 
 
 def evaluation_row(job_id: str, report: dict[str, Any]) -> Evaluation:
-    teacher, student, baseline = report["teacher"], report["student"], report.get("baseline")
+    """The Evaluation row of a stored report. `teacher` is null for a GPD job without a static
+    teacher (then so are the teacher columns and the compression ratio); `dynamic_teacher` is set
+    for GPD jobs only."""
+    teacher, student, baseline = report.get("teacher"), report["student"], report.get("baseline")
+    dynamic = report.get("dynamic_teacher")
+    gaps = report.get("gaps") or {}
     return Evaluation(
         job_id=job_id,
-        teacher_accuracy=teacher["accuracy"],
+        teacher_accuracy=teacher["accuracy"] if teacher else None,
         student_accuracy=student["accuracy"],
         baseline_accuracy=baseline["accuracy"] if baseline else None,
         gap=report["gap"],
-        teacher_params=teacher["params"],
+        teacher_params=teacher["params"] if teacher else None,
         student_params=student["params"],
-        compression_ratio=report["compression"],
-        teacher_latency_ms=teacher["latency_ms"],
+        compression_ratio=report.get("compression"),
+        teacher_latency_ms=teacher["latency_ms"] if teacher else None,
         student_latency_ms=student["latency_ms"],
         student_size_bytes=student["size_bytes"],
+        dynamic_teacher_accuracy=dynamic["accuracy"] if dynamic else None,
+        dynamic_teacher_params=dynamic["params"] if dynamic else None,
+        dynamic_teacher_ratio=dynamic["ratio"] if dynamic else None,
+        gap_reference=report.get("gap_reference") or "teacher",
+        gap_teacher_dynamic=gaps.get("teacher_dynamic"),
+        gap_dynamic_student=gaps.get("dynamic_student"),
         gate_passed=bool(report["gates"]["passed"]),
         gates=report["gates"],
         report=report,
@@ -96,11 +107,20 @@ def evaluation_row(job_id: str, report: dict[str, Any]) -> Evaluation:
 
 def summary(report: dict[str, Any]) -> str:
     """One line for the job's final event."""
-    line = (
-        f"student {report['student']['accuracy']:.2f}% vs teacher "
-        f"{report['teacher']['accuracy']:.2f}% (gap {report['gap']:.2f} points, "
-        f"{report['compression']:.1f}x fewer parameters)"
-    )
+    teacher, dynamic = report.get("teacher"), report.get("dynamic_teacher")
+    parts = [f"student {report['student']['accuracy']:.2f}%"]
+    if teacher:
+        parts.append(f"vs teacher {teacher['accuracy']:.2f}%")
+    if dynamic:
+        word = "and" if teacher else "vs"
+        parts.append(
+            f"{word} dynamic teacher {dynamic['accuracy']:.2f}% (GPD, ratio {dynamic['ratio']})"
+        )
+    against = " to the dynamic teacher" if report.get("gap_reference") == "dynamic_teacher" else ""
+    details = [f"gap {report['gap']:.2f} points{against}"]
+    if report.get("compression") is not None:
+        details.append(f"{report['compression']:.1f}x fewer parameters")
+    line = " ".join(parts) + f" ({', '.join(details)})"
     failed = [c for c in report["gates"]["checks"] if not c["passed"]]
     if failed:
         line += "; quality gate failed: " + ", ".join(

@@ -125,7 +125,7 @@ def _run_claimed(
                 raise RuntimeError("the job row disappeared after it was claimed")
             submitted = job.spec
             spec = parse_spec(submitted)
-            local_spec, names = localize_files(s, spec, blobs, workdir)
+            local_spec, names = localize_files(s, spec, blobs, workdir, job.owner)
         checkpoints = BlobCheckpoints(blobs, c.job_id)
         report = run_pipeline(
             local_spec,

@@ -116,7 +116,8 @@ def _replay(record: IdempotencyKey, digest: str, session: Session, response: Res
         422: {
             "model": ValidationErrorOut,
             "description": "the spec is invalid, names a local path or a missing upload, "
-            "or asks for more runtime than allowed",
+            "names as `job:<id>` a job that is missing, not succeeded or without safetensors "
+            "weights, or asks for more runtime than allowed",
         },
     },
 )
@@ -132,8 +133,12 @@ def submit_job(
     """Validate the spec, store the job as `queued` and hand its id to the workers.
 
     Files are referenced as `upload:<id>` (see `POST /v1/uploads`); server-side paths are
-    refused. If the broker is unreachable the job is still created (201) and stays queued; an
-    event of kind `broker` says so, and the service enqueues it again once the broker is back.
+    refused. `student.checkpoint` may also be `job:<id>`: the student starts from the
+    safetensors weights of that earlier job (of this project, succeeded, exported with
+    safetensors), e.g. to fine-tune it (GPD `scenario: finetune`).
+
+    If the broker is unreachable the job is still created (201) and stays queued; an event of
+    kind `broker` says so, and the service enqueues it again once the broker is back.
 
     With an `Idempotency-Key` header, retrying a request whose answer was lost is safe: the
     same key and spec (compared after defaults are filled in) give back the first job with
@@ -141,7 +146,7 @@ def submit_job(
     """
     if idempotency_key is not None and (problem := idempotency.key_problem(idempotency_key)):
         raise FieldErrors([("header.Idempotency-Key", problem)])
-    spec = check_spec(payload, session, upload_owner(owner), settings)
+    spec = check_spec(payload, session, owner, settings)
     key_owner = upload_owner(owner)
     digest = idempotency.request_digest(spec)
     if idempotency_key is not None:

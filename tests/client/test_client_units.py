@@ -114,7 +114,7 @@ def test_junit_has_one_case_per_gate_and_fails_the_failed_one(tmp_path: Path) ->
         "gate_passed": True,
         "gates": {},
     }
-    verdict = judge(effective_gates({}, max_gap=3.0, min_accuracy=90.0), 97.0, 93.0)
+    verdict = judge(effective_gates({}, max_gap=3.0, min_accuracy=90.0), 4.0, 93.0)
     out = Outcome("gate_failed", "gate failed", job=fake_job("succeeded", ev), gates=verdict)
     path = tmp_path / "r.xml"
     junit.write(path, out, ["max_gap", "min_student_accuracy"], "http://s")

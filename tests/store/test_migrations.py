@@ -1,9 +1,15 @@
 """The Alembic migrations and the SQLAlchemy models describe the same schema."""
 
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
 
 from store.db import make_engine, upgrade_schema
 from store.models import Base
@@ -34,3 +40,88 @@ def test_an_empty_database_differs(tmp_path: Path) -> None:
     tables = {d[1].name for d in diff(url) if d[0] == "add_table"}
     assert {"jobs", "job_events", "metrics", "artifacts", "evaluations", "uploads"} <= tables
     assert {"projects", "api_keys", "idempotency_keys", "webhook_deliveries"} <= tables
+
+
+def _alembic(url: str, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    getattr(command, action)(cfg, revision)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each backend (PostgreSQL: a new database, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'steps.sqlite'}"
+        return
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"distillery_mig_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+EVALUATION_0002 = (
+    "INSERT INTO evaluations (job_id, teacher_accuracy, student_accuracy, gap, teacher_params, "
+    "student_params, compression_ratio, teacher_latency_ms, student_latency_ms, "
+    "student_size_bytes, gate_passed, gates, report, created_at) VALUES (:id, 97.0, 95.0, 2.0, "
+    "1000, 100, 10.0, 0.5, 0.1, 400, true, '{}', '{}', :at)"
+)
+
+
+def test_0003_keeps_old_evaluations_and_downgrades(blank_url: str) -> None:
+    """0002 → 0003: an existing evaluation gets gap_reference 'teacher'; a teacher-less one can
+    be written; back to 0002 drops the columns (and the rows the old schema cannot hold)."""
+    _alembic(blank_url, "upgrade", "0002")
+    engine = make_engine(blank_url)
+    now = datetime.now(UTC)
+
+    def add_job(conn: Any, job_id: str) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, name, spec, status, attempts, attempt_floor, progress, "
+                "created_at, updated_at) VALUES (:id, 'j', '{}', 'succeeded', 1, 0, 1.0, :at, :at)"
+            ),
+            {"id": job_id, "at": now},
+        )
+
+    with engine.begin() as conn:
+        add_job(conn, "old")
+        conn.execute(text(EVALUATION_0002), {"id": "old", "at": now})
+    _alembic(blank_url, "upgrade", "head")
+    with engine.begin() as conn:
+        row = conn.execute(
+            text("SELECT gap_reference, dynamic_teacher_accuracy FROM evaluations")
+        ).one()
+        assert tuple(row) == ("teacher", None)
+        add_job(conn, "gpd")
+        conn.execute(
+            text(
+                "INSERT INTO evaluations (job_id, student_accuracy, gap, student_params, "
+                "student_latency_ms, student_size_bytes, dynamic_teacher_accuracy, "
+                "dynamic_teacher_params, dynamic_teacher_ratio, gap_reference, "
+                "gap_dynamic_student, gate_passed, gates, report, created_at) VALUES ('gpd', 90.0, "
+                "1.5, 400, 0.1, 2000, 91.5, 1500, 2, 'dynamic_teacher', 1.5, true, '{}', '{}', :at)"
+            ),
+            {"at": now},
+        )
+    _alembic(blank_url, "downgrade", "0002")
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT job_id FROM evaluations")).scalars().all()
+        assert ids == ["old"]
+    columns = {c["name"] for c in inspect(engine).get_columns("evaluations")}
+    assert "gap_reference" not in columns and "dynamic_teacher_accuracy" not in columns
+    engine.dispose()
+    _alembic(blank_url, "upgrade", "head")
+    assert diff(blank_url) == []

@@ -141,6 +141,8 @@ def test_a_finished_job_posts_a_signed_summary_retried_after_a_failure(
     assert payload["type"] == "job.succeeded" and payload["id"] == h2["Distillery-Delivery"]
     assert payload["job"]["id"] == job_id and payload["job"]["status"] == "succeeded"
     assert payload["evaluation"]["gate_passed"] is True
+    assert payload["evaluation"]["gap_reference"] == "teacher"
+    assert payload["evaluation"]["dynamic_teacher_accuracy"] is None
     assert {a["format"] for a in payload["artifacts"]} == {"onnx", "safetensors", "config"}
     assert payload["artifacts"][0]["download_url"].startswith(f"/v1/jobs/{job_id}/artifacts/")
 
