@@ -22,7 +22,7 @@ from kdcore.methods import registry
 from kdcore.models.registry import build_model
 from kdcore.schemes.gpd import expand
 from kdcore.schemes.gpd.trainee import GPDTrainee
-from kdcore.spec import SpecError, TrainSpec, parse_spec
+from kdcore.spec import SpecError, TrainSpec, load_spec, parse_spec
 from kdcore.train import fit
 
 TEACHER = {"arch": "convnet", "kwargs": {"channels": [16, 32]}, "train": {"epochs": 1}}
@@ -197,3 +197,17 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and any(k.startswith("pair.student_stats") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_job_reference_stays_as_written_and_a_local_run_says_what_to_do(tmp_path: Path) -> None:
+    """`job:<id>` is the service's reference to an earlier job's student: loading the spec
+    keeps it (no path made of it), and a local run explains how to get the file."""
+    spec = job(
+        {"scenario": "finetune"}, teacher=None, student={**STUDENT, "checkpoint": "job:abc123"}
+    )
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert load_spec(path).student.checkpoint == "job:abc123"
+    code, _, output = distill_run(spec, tmp_path, "ft")
+    flat = " ".join(output.split())
+    assert code == 2 and "student.checkpoint" in flat and "distill download" in flat
