@@ -9,6 +9,8 @@ back into plain layers.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,8 @@ from kdcore.schemes.gpd.shared import SharedPair
 
 
 class GPDTrainee(nn.Module):
+    """The student inside its dynamic teacher; `student()` is the job's student."""
+
     def __init__(
         self,
         student: nn.Module,
@@ -46,7 +50,5 @@ class GPDTrainee(nn.Module):
 
     def dynamic_teacher(self) -> nn.Module:
         """The DT as a standalone model (its branches merged), for evaluation (eval mode)."""
-        import copy
-
         dt = copy.deepcopy(self.pair.dt)
         return (cbr.merge(dt) if self.branched else dt).eval()
