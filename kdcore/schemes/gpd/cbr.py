@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdcore.schemes.gpd.rules import handled
+
 Init = Literal["finetune", "fresh"]
 
 CONV_BRANCHES = ("3x3", "1x1", "1x1-avg", "1x1-3x3", "dw-pw")
@@ -423,14 +425,19 @@ def to_branches(model: nn.Module, init: Init = "finetune", linear: bool = True) 
     BranchLinear), replaced by its branch block under the same name.
 
     Other convs (strided, 1×1, grouped but not depthwise, other paddings) stay plain: these
-    branches would not merge exactly into one layer of the same shape. With `init="finetune"`
-    the copy computes exactly the model's function.
+    branches would not merge exactly into one layer of the same shape. Layers inside a module
+    that an IR rule widens as a whole (the ViT's attention: q, k, v, proj) stay plain too, since
+    that rule widens them as plain layers. With `init="finetune"` the copy computes exactly the
+    model's function.
     """
     if init not in ("finetune", "fresh"):
         raise ValueError(f"CBR init must be 'finetune' or 'fresh', got {init!r}")
     out = copy.deepcopy(model)
     swap: dict[str, nn.Module] = {}
+    wholes = [n for n, m in out.named_modules() if n and handled(m) and list(m.children())]
     for name, m in out.named_modules():
+        if any(name.startswith(w + ".") for w in wholes):
+            continue
         if conv_eligible(m):
             assert isinstance(m, nn.Conv2d)
             swap[name] = BranchConv2d.from_conv(m, init)

@@ -111,11 +111,21 @@ def test_scenario_from_scratch_then_finetune_from_its_student(tmp_path: Path) ->
     check_dynamic(ft_report, 2, "finetune")
 
 
-def test_finetune_starts_exactly_from_the_given_student(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arch", "kwargs"),
+    [
+        ("convnet", {"channels": [4, 8]}),
+        ("resnet8", {}),
+        ("mobilenet_tiny", {}),
+        ("vit_tiny", {"dim": 16, "depth": 1, "heads": 2}),  # attention's Linears stay plain
+        ("mlp", {"hidden": [16]}),
+    ],
+)
+def test_finetune_starts_exactly_from_the_given_student(arch: str, kwargs: dict[str, Any]) -> None:
     """CBR's fine-tune initialisation and IR preserve the function: before any step, the
     trainee's student and its DT both compute the checkpoint's function."""
     torch.manual_seed(3)
-    student = build_model("convnet", (1, 8, 8), 10, channels=[4, 8]).eval()
+    student = build_model(arch, (1, 8, 8), 10, **kwargs).eval()
     trainee = GPDTrainee(student, 2, noise=0.0, seed=0, branches="finetune").eval()
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
@@ -123,6 +133,7 @@ def test_finetune_starts_exactly_from_the_given_student(tmp_path: Path) -> None:
         torch.testing.assert_close(trainee(x), want, atol=1e-5, rtol=0)
         torch.testing.assert_close(trainee.dynamic_teacher()(x), want, atol=1e-5, rtol=0)
         torch.testing.assert_close(trainee.student()(x), want, atol=1e-5, rtol=0)
+    assert trainee.student().state_dict().keys() == student.state_dict().keys()
 
 
 @pytest.mark.parametrize(
