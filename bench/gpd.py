@@ -167,7 +167,8 @@ def main() -> None:
                 )
                 results.setdefault(row.label, []).append(job.result())
             accs = [r["accuracy"] for r in results[row.label]]
-            print(f"  {row.label}: {mean_std(accs)}", flush=True)
+            seeds = ", ".join(f"{a:.2f}" for a in accs)
+            print(f"  {row.label}: {mean_std(accs)} (seeds: {seeds})", flush=True)
 
     scratch = [r["accuracy"] for r in results["scratch (CE)"]]
     print(

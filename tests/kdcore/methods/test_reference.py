@@ -74,6 +74,26 @@ def dkd_loop(
     return warm * temp**2 * (p["alpha"] * tckd / n + p["beta"] * nckd / n)
 
 
+def sce_loop(s: list[Vec], p: list[Vec]) -> float:
+    """GPD's SCE: 0.9 · Σ_k −p_k log σ(z)_k + 0.1 · mean_k(−log σ(z)_k), averaged over rows."""
+    total = 0.0
+    for z, pk in zip(s, p, strict=True):
+        log_q = [math.log(q) for q in softmax(z)]
+        soft = -sum(a * b for a, b in zip(pk, log_q, strict=True))
+        total += 0.9 * soft + 0.1 * -sum(log_q) / len(log_q)
+    return total / len(s)
+
+
+def gpd_loop(inputs: dict[str, Any], p: dict[str, Any]) -> float:
+    """L_DT + L_S of gpd.md §4 with L_KD = DKD."""
+    s, d, t, y = (inputs[k] for k in ("student_logits", "dt_logits", "teacher_logits", "targets"))
+    dkd = {"temperature": p["temperature"], "alpha": p["dkd_alpha"], "beta": p["dkd_beta"]}
+    dkd["warmup"] = 0
+    l_dt = ce_loop(d, y) + dkd_loop(d, t, y, dkd, 1)
+    l_s = ce_loop(s, y) + dkd_loop(s, t, y, dkd, 1)
+    return l_dt + l_s + p["sce_weight"] * sce_loop(s, [softmax(z) for z in d])
+
+
 def tf_kd_loop(s: list[Vec], targets: list[int], p: dict[str, Any]) -> float:
     """m · mean over labelled rows of KL(softmax(p_d/τ) ‖ softmax(z)), p_d the virtual teacher."""
     rows = []
@@ -350,6 +370,8 @@ def loss_loop(name: str, params: dict[str, Any], inputs: dict[str, Any]) -> floa
         return dml_loop(inputs["peer_logits"], inputs["targets"])
     if name == "adversarial":
         return adversarial_loop(inputs, params)
+    if name == "gpd":
+        return gpd_loop(inputs, params)
     ce = ce_loop(inputs["student_logits"], inputs["targets"])
     term = distill_loop(name, params, inputs)
     if name in ("kd", "tf_kd"):
@@ -496,6 +518,23 @@ def make_cases() -> dict[str, dict[str, Any]]:
         "params": {"ce_weight": 0.5, "alpha": 0.7, "beta": 2.0, "temperature": 2.0, "hidden": 2},
         "inputs": adv_in,
     }
+    # gpd: the student's and its dynamic teacher's logits (one unlabelled row: DKD takes the
+    # teacher's top class there, CE skips it).
+    cases["gpd"] = {
+        "params": {
+            "kd": "dkd",
+            "temperature": 2.0,
+            "dkd_alpha": 1.0,
+            "dkd_beta": 2.0,
+            "sce_weight": 3.0,
+        },
+        "inputs": {
+            "student_logits": _rand(g2, 4, 3, scale=2.0),
+            "dt_logits": _rand(g2, 4, 3, scale=2.0),
+            "teacher_logits": _rand(g2, 4, 3, scale=3.0),
+            "targets": [1, -1, 0, 2],
+        },
+    }
     return cases
 
 
@@ -528,13 +567,20 @@ def vectorised(name: str, params: dict[str, Any], inputs: dict[str, Any]) -> tup
     return method.distill_loss(out).item(), method(out).item()
 
 
-WHOLE_LOSS = ("dml", "adversarial")
+WHOLE_LOSS = ("dml", "adversarial", "gpd")
 
 
 def vectorised_whole(name: str, params: dict[str, Any], inputs: dict[str, Any]) -> float:
     """The whole loss of a method without a `distill_loss` term (dml, adversarial)."""
     method = registry.build(name, params)
     targets = torch.tensor(inputs["targets"])
+    if name == "gpd":
+        s, d, t = (
+            torch.tensor(inputs[k], dtype=torch.float64)
+            for k in ("student_logits", "dt_logits", "teacher_logits")
+        )
+        out = StepOutputs(s, targets, t, student_features={"pair.dt": d})
+        return method(out).item()
     if name == "dml":
         peers = [torch.tensor(z, dtype=torch.float64) for z in inputs["peer_logits"]]
         features = {f"peers.{k}": z for k, z in enumerate(peers)}
