@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,26 @@ def _fresh_scales(kernels: list[Tensor], target: float) -> Tensor:
     b = len(kernels)
     vals = [math.sqrt(target / (b * max(k.pow(2).mean().item(), 1e-30))) for k in kernels]
     return torch.tensor(vals)
+
+
+def _start_from(block: Any, layer: nn.Conv2d | nn.Linear, original: Tensor, init: Init) -> Any:
+    """Initialise `block` from `layer`: `finetune` puts the layer's weight in the `original`
+    branch with scale 1 and the other branches at scale 0 (the same function); `fresh` draws
+    every branch anew at the mean square of the layer's weight. The bias is the layer's."""
+    w = layer.weight
+    with torch.no_grad():
+        if init == "finetune":
+            original.copy_(w)
+            block.scale.zero_()
+            block.scale[0].fill_(1.0)
+        elif init == "fresh":
+            block.reset_parameters(target=w.detach().pow(2).mean().item())
+        else:
+            raise ValueError(f"CBR init must be 'finetune' or 'fresh', got {init!r}")
+        if layer.bias is not None:
+            assert block.bias is not None
+            block.bias.copy_(layer.bias)
+    return block.train(layer.training)
 
 
 def _same_3x3(m: nn.Module) -> bool:
@@ -142,19 +162,7 @@ class BranchConv2d(nn.Module):
         w = conv.weight
         new = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
         new = new.to(device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            if init == "finetune":
-                new.w_3x3.copy_(w)
-                new.scale.zero_()
-                new.scale[0].fill_(1.0)
-            elif init == "fresh":
-                new.reset_parameters(target=w.detach().pow(2).mean().item())
-            else:
-                raise ValueError(f"CBR init must be 'finetune' or 'fresh', got {init!r}")
-            if conv.bias is not None:
-                assert new.bias is not None
-                new.bias.copy_(conv.bias)
-        return new.train(conv.training)
+        return _start_from(new, conv, new.w_3x3, init)
 
     def kernels(self) -> list[Tensor]:
         """Each branch's equivalent 3×3 kernel (C_out, C_in, 3, 3), unscaled."""
@@ -247,19 +255,7 @@ class BranchLinear(nn.Module):
         w = lin.weight
         new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None)
         new = new.to(device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            if init == "finetune":
-                new.w_orig.copy_(w)
-                new.scale.zero_()
-                new.scale[0].fill_(1.0)
-            elif init == "fresh":
-                new.reset_parameters(target=w.detach().pow(2).mean().item())
-            else:
-                raise ValueError(f"CBR init must be 'finetune' or 'fresh', got {init!r}")
-            if lin.bias is not None:
-                assert new.bias is not None
-                new.bias.copy_(lin.bias)
-        return new.train(lin.training)
+        return _start_from(new, lin, new.w_orig, init)
 
     def kernels(self) -> list[Tensor]:
         return [self.w_orig, self.w_b @ self.w_a]
@@ -344,19 +340,7 @@ class BranchDWConv2d(nn.Module):
             )
         w = conv.weight
         new = cls(conv.in_channels, bias=conv.bias is not None).to(device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            if init == "finetune":
-                new.w_3x3.copy_(w)
-                new.scale.zero_()
-                new.scale[0].fill_(1.0)
-            elif init == "fresh":
-                new.reset_parameters(target=w.detach().pow(2).mean().item())
-            else:
-                raise ValueError(f"CBR init must be 'finetune' or 'fresh', got {init!r}")
-            if conv.bias is not None:
-                assert new.bias is not None
-                new.bias.copy_(conv.bias)
-        return new.train(conv.training)
+        return _start_from(new, conv, new.w_3x3, init)
 
     def kernels(self) -> list[Tensor]:
         """Each branch's equivalent depthwise 3×3 kernel (C, 1, 3, 3), unscaled."""
