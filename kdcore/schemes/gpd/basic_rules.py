@@ -1,4 +1,5 @@
-"""The rules for Linear, Conv and BatchNorm (gpd.md §1's first rows; §2's slices)."""
+"""The rules for Linear and BatchNorm (gpd.md §1's first rows; §2's slices), and the dense rule
+that `grouped_rules.Conv` applies to ungrouped convolutions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from kdcore.schemes.gpd.rules import Rule, Widened, Widening, rule
 from kdcore.schemes.gpd.tile import replicate, tile_bias, tile_weight
 
 
-@rule(nn.Linear, nn.Conv1d, nn.Conv2d)
+@rule(nn.Linear)
 class Dense(Rule):
     """W/r blocks when the output is widened (student: r · leading block), W for the last layer
     (student: the leading input block as is)."""

@@ -5,8 +5,7 @@ A grouped conv maps each group of input channels to its own output channels, so 
 groups r·g the j-th DT group reads replica j // g of student group j % g: replicating W along
 the output axis gives every replica the student's kernels. It is per-channel-group, like a
 norm: its output is widened iff its input is. One rule serves every nn.Conv1d/nn.Conv2d
-(registered after basic_rules, so it replaces the plain Dense entry) and hands groups == 1
-back to `Dense`.
+(the only one registered for them) and hands groups == 1 to `Dense`.
 """
 
 from __future__ import annotations
