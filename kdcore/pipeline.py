@@ -339,7 +339,8 @@ def _check_layers_early(spec: JobSpec, data: Dataset, method: Method) -> list[nn
     mutual.check_spec(spec, method)
     gpd.check_spec(spec, method)
     first_student = build_student(spec, data)
-    hooked = training_model(spec, data, method)
+    own_model = mutual.is_mutual(method) or gpd.is_gpd(method)
+    hooked = training_model(spec, data, method) if own_model else first_student
     check_layers(hooked, method.student_layers(), "method.student_layers", example)
     born_again.check_generation_layers(spec, first_student, method, example)
     assistants = build_assistants(spec, data)

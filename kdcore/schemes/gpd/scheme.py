@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from kdcore.data.dataset import Dataset
 from kdcore.errors import InputError
 from kdcore.methods.base import Method
@@ -60,10 +58,6 @@ def build_trainee(spec: JobSpec, data: Dataset, method: Method) -> GPDTrainee:
         return GPDTrainee(student, p.ratio, p.noise, spec.train.seed, branches)
     except ValueError as exc:
         raise InputError("student.arch", f"{spec.student.arch}: {exc}") from None
-
-
-def params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def gaps(teacher: float | None, dynamic: float | None, student: float) -> dict[str, float | None]:
