@@ -1,4 +1,4 @@
-"""Hand a committed job to the broker, by task name only (the API never imports worker tasks).
+"""Hand a committed job to the broker, by task name only (store.queue; never the worker package).
 
 The Job row is committed first, so a message can never name a job the worker cannot find. If
 the broker is down, the job simply stays queued with no `enqueued_at`; the reconciler sends it
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from kdcore.spec import JobSpec
 from store.jobs import add_event, mark_enqueued
 from store.models import Job
+from store.queue import enqueue
 from store.settings import Settings
 
 log = logging.getLogger("distillery.api")
@@ -31,8 +32,6 @@ def max_runtime(job: Job, settings: Settings) -> int:
 
 def send(session: Session, job: Job, celery: Celery, settings: Settings) -> bool:
     """Enqueue `job` (already committed); record the outcome and commit. True when sent."""
-    from worker.app import enqueue  # lazily: importing it configures a Celery app
-
     try:
         enqueue(job.id, max_runtime(job, settings), app=celery)
     except Exception as exc:  # any broker failure: the reconciler re-enqueues later

@@ -22,6 +22,7 @@ from api.schemas import ErrorOut, FieldError, ValidationErrorOut
 from kdcore.spec import JobSpec
 from store.blobs import BlobStore
 from store.db import make_engine, upgrade_schema
+from store.queue import make_celery
 from store.settings import Settings, get_settings
 
 DESCRIPTION = """\
@@ -65,8 +66,6 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "i
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A complete app with its own engine, blob store and Celery (sending only) client."""
-    from worker.app import make_celery  # imported here: it configures Celery on import
-
     settings = settings or get_settings()
     url = settings.resolved_database_url
     if url.startswith("sqlite"):  # embedded mode: works out of the box

@@ -38,8 +38,8 @@ from kdcore.spec import JobSpec, TrainSpec
 from store.db import session_scope
 from store.jobs import add_event, mark_enqueued, recover_lost, stale_queued
 from store.models import Job
+from store.queue import RUN_JOB, enqueue
 from store.settings import Settings
-from worker.app import RUN_JOB, enqueue
 from worker.webhooks import deliver_due
 
 log = logging.getLogger(__name__)

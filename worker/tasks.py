@@ -1,7 +1,7 @@
 """Celery tasks: thin shells around `worker.runner.execute_job` and `worker.reconciler.reconcile`.
 
-Registered with `shared_task` under the names in worker/app.py, so every app built by
-`make_celery` (whose `include` lists this module) knows them, `celery_app` included.
+Registered with `shared_task` under the names in store/queue.py, so every app built by
+`worker.app.make_celery` (whose `include` lists this module) knows them, `celery_app` included.
 
 CUDA hygiene: the worker's main process forks a fresh child per job
 (`worker_max_tasks_per_child = 1`) and must never initialise CUDA, which a forked child could
@@ -23,7 +23,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.signals import worker_init
 
-from worker.app import RECONCILE, RUN_JOB
+from store.queue import RECONCILE, RUN_JOB
 
 
 def worker_name(task: Task) -> str:

@@ -16,15 +16,9 @@ import redis
 from celery import Celery
 
 from kdcore.spec import TrainSpec
+from store.queue import RECONCILE, RUN_JOB, celery_config, enqueue, task_time_limits
 from store.settings import Settings
-from worker.app import (
-    RECONCILE,
-    RUN_JOB,
-    celery_app,
-    celery_config,
-    enqueue,
-    task_time_limits,
-)
+from worker.app import celery_app
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,8 +17,9 @@ import redis
 from celery import Celery
 
 from store.models import JobEvent, utcnow
+from store.queue import enqueue
 from store.settings import Settings
-from worker.app import enqueue, make_celery
+from worker.app import make_celery
 from worker.reconciler import broker_job_ids, job_id_of, reconcile
 
 LONG_AGO = timedelta(hours=1)
