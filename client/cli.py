@@ -1,8 +1,10 @@
 """The `distill` command line.
 
-Local: `run`, `validate`, `zoo`, `serve`. Against a service (client/remote.py, on the SDK):
-`submit`, `jobs`, `status`, `logs`, `cancel`, `retry`, `download`. Admin, on the service's
-database (client/admin.py): `keys`, `projects`.
+Local, through the engine (kdcore, imported when a command runs; `distillery[engine]`): `run`,
+`validate`, `zoo`. Against a service (client/remote.py, on the SDK): `submit`, `jobs`, `status`,
+`logs`, `cancel`, `retry`, `download`. The service's own commands (`serve`, `keys`, `projects`)
+come from the service package when it is installed (client/plugins.py); the client never
+imports it.
 
 Exit codes are part of the contract with CI pipelines (client/outcome.py has the table):
 0 success, 1 anything else went wrong (a job failed or was cancelled), 2 invalid spec or input,
@@ -18,8 +20,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from client import admin, remote
+from client import remote
+from client.engine import needs_engine
 from client.outcome import EXIT_ERROR, EXIT_GATE, EXIT_INVALID
+from client.plugins import add_installed_commands
 from client.progress import RichProgress
 
 app = typer.Typer(
@@ -36,6 +40,7 @@ def main() -> None:
 
 
 @app.command()
+@needs_engine
 def run(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="job spec, YAML or JSON"),
     out: Path = typer.Option(..., "--out", "-o", help="folder for report.json and artifacts"),
@@ -48,7 +53,8 @@ def run(
     from kdcore.checkpoint import FolderCheckpoints
     from kdcore.errors import InputError
     from kdcore.pipeline import run as run_job
-    from kdcore.spec import SpecError, load_spec
+    from kdcore.spec import SpecError
+    from kdcore.validation import load_spec
 
     try:
         spec = load_spec(spec_path)
@@ -75,9 +81,11 @@ def run(
 
 
 @app.command()
+@needs_engine
 def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")) -> None:
     """Check a spec without running it; prints the spec with defaults filled in."""
-    from kdcore.spec import SpecError, load_spec
+    from kdcore.spec import SpecError
+    from kdcore.validation import load_spec
 
     try:
         spec = load_spec(spec_path)
@@ -87,28 +95,7 @@ def validate(spec_path: Path = typer.Argument(..., metavar="SPEC")) -> None:
 
 
 @app.command()
-def serve(
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8000, help="port to listen on"),
-    data_dir: Path = typer.Option(
-        Path("distillery-data"), help="embedded-mode folder: SQLite, blobs, broker"
-    ),
-    no_auth: bool = typer.Option(
-        False,
-        "--no-auth",
-        help="accept requests without API keys (anyone who can reach the port sees every job)",
-    ),
-) -> None:
-    """Run the service locally: the API, one worker and the reconciler, with one command.
-
-    Requests need an API key (`distill keys create --project NAME`) unless --no-auth is given.
-    """
-    from client.serve import serve as run_service
-
-    run_service(host, port, data_dir, err, auth=not no_auth)
-
-
-@app.command()
+@needs_engine
 def zoo() -> None:
     """List the built-in architectures and distillation methods."""
     from kdcore.methods import registry as methods
@@ -154,8 +141,7 @@ def _print_summary(report: dict, out: Path) -> None:
 
 # after the local commands, so `distill --help` lists those first
 remote.register(app)
-app.add_typer(admin.keys_app, name="keys")
-app.add_typer(admin.projects_app, name="projects")
+add_installed_commands(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,7 @@
 """`distill keys ...` and `distill projects ...`: admin commands on the service's database.
 
+Service side (they import store), added to `distill` by service/cli.py.
+
 They talk to the database directly (DISTILLERY_DATABASE_URL, or the embedded SQLite file under
 --data-dir), not to the API: whoever can run them can already read every job. A new key is
 printed once, alone on stdout (`TOKEN=$(distill keys create --project ci)`), and stored only

@@ -4,7 +4,7 @@ The API runs in this process (uvicorn); one Celery worker and the reconciler run
 processes that share this process's settings through the environment. With no DISTILLERY_*
 variables set, everything lives under ./distillery-data/ (SQLite, blobs, a filesystem broker),
 so nothing needs installing; DISTILLERY_DATABASE_URL and DISTILLERY_BROKER_URL switch to
-PostgreSQL and Redis.
+PostgreSQL and Redis. The command itself is in service/cli.py.
 """
 
 from __future__ import annotations
