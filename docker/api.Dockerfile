@@ -10,7 +10,8 @@ COPY store store
 COPY api api
 COPY worker worker
 COPY client client
+COPY service service
 COPY migrations migrations
-RUN pip install .
+RUN pip install ".[service]"
 EXPOSE 8000
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

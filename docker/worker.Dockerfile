@@ -10,7 +10,8 @@ COPY store store
 COPY api api
 COPY worker worker
 COPY client client
+COPY service service
 COPY migrations migrations
-RUN pip install .
+RUN pip install ".[service]"
 # -c 1: one job at a time on this GPU; a fresh child process per job (worker/app.py).
 CMD ["celery", "-A", "worker.app", "worker", "--loglevel=INFO", "-c", "1", "-Q", "distillery"]

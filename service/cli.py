@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     """Add the service's commands to `app`, or raise ImportError naming what is missing."""
     missing = [name for name in REQUIRES if find_spec(name) is None]
     if missing:
-        raise ImportError(f"not installed: {', '.join(missing)}")
+        raise ImportError(f"missing {', '.join(missing)}")
     app.command()(serve)
     app.add_typer(admin.keys_app, name="keys")
     app.add_typer(admin.projects_app, name="projects")
