@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdcore.schemes.gpd.cbr import BranchConv2d, BranchDWConv2d, BranchLinear
+from kdcore.schemes.gpd.cbr_blocks import BranchConv2d, BranchDWConv2d, BranchLinear
 from kdcore.schemes.gpd.rules import Rule, Widened, Widening, rule
 from kdcore.schemes.gpd.tile import replicate, tile_bias, tile_weight
 

@@ -19,7 +19,7 @@ from torch import nn
 # Importing the rule modules registers their rules.
 from kdcore.schemes.gpd import (  # noqa: F401
     basic_rules,
-    cbr,
+    cbr_rules,
     grouped_rules,
     transformer_rules,
 )
