@@ -50,3 +50,13 @@ def test_install_script_installs_everything() -> None:
 def test_ci_recipes_install_the_client_only(name: str) -> None:
     text = (ROOT / "examples" / "ci" / name).read_text()
     assert "distillery[client] @ git+" in text and "pip install torch" not in text
+
+
+def test_ci_runs_the_client_only_suite_from_a_client_only_venv() -> None:
+    text = (ROOT / ".ci" / "run").read_text()
+    readme_command = text.index(".venv/bin/pytest -q\n")
+    client_only = text.index("tests/client_only")
+    assert readme_command < client_only and '".[client]" pytest' in text
+    assert "DISTILLERY_SERVICE_VENV=" in text
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]
+    assert "--ignore=tests/client_only" in pytest_options["ini_options"]["addopts"]
