@@ -1,8 +1,8 @@
 """Gap-preserving distillation (GPD, gpd.md): a wider dynamic teacher built from the student.
 
 `expand(student, ratio, noise)` is Inverse Reparameterization (gpd.md §1); `expansion` also
-returns the factors the hard strategy (§2) cuts the student back out with. Layer rules live in
-`rules.py` (registry) and the modules that register them.
+returns the factors the hard strategy (§2) cuts the student back out with. Every layer rule is
+listed in `rule_table.py`; `plan.py` decides on the traced graph which tensors are widened.
 """
 
 from kdcore.schemes.gpd.expand import Expansion, expand, expansion

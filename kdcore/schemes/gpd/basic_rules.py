@@ -7,11 +7,10 @@ import torch
 from torch import nn
 
 from kdcore.schemes.gpd.layers import GPDBatchNorm1d, GPDBatchNorm2d
-from kdcore.schemes.gpd.rules import Rule, Widened, Widening, rule
+from kdcore.schemes.gpd.rule import Rule, Widened, Widening
 from kdcore.schemes.gpd.tile import replicate, tile_bias, tile_weight
 
 
-@rule(nn.Linear)
 class Dense(Rule):
     """W/r blocks when the output is widened (student: r · leading block), W for the last layer
     (student: the leading input block as is)."""
@@ -58,7 +57,6 @@ class Dense(Rule):
         return Widened(new, scales)
 
 
-@rule(nn.BatchNorm1d, nn.BatchNorm2d)
 class BatchNorm(Rule):
     """γ, β replicated (+ε), statistics replicated, BN(r·z)/r: every factor is 1."""
 

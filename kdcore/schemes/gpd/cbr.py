@@ -21,7 +21,7 @@ from kdcore.schemes.gpd.cbr_blocks import (
     conv_eligible,
     dw_eligible,
 )
-from kdcore.schemes.gpd.rules import handled
+from kdcore.schemes.gpd.rule_table import handled
 
 __all__ = ["BranchConv2d", "BranchDWConv2d", "BranchLinear", "Init", "merge", "to_branches"]
 

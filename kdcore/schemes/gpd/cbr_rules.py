@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.schemes.gpd.cbr_blocks import BranchConv2d, BranchDWConv2d, BranchLinear
-from kdcore.schemes.gpd.rules import Rule, Widened, Widening, rule
+from kdcore.schemes.gpd.rule import Rule, Widened, Widening
 from kdcore.schemes.gpd.tile import replicate, tile_bias, tile_weight
 
 
@@ -31,7 +31,6 @@ def _scale_rows(
     return replicate(s.t(), ratio, noise, gen).t() if out_wide else s.clone()
 
 
-@rule(BranchConv2d)
 class BranchConv(Rule):
     """Every branch by the dense rule (products with their middle widened), scales replicated."""
 
@@ -80,7 +79,6 @@ class BranchConv(Rule):
         return Widened(new, {k: f for k, f in scales.items() if f != 1.0})
 
 
-@rule(BranchLinear)
 class BranchDense(Rule):
     """W by the dense rule, W_b·W_a as two dense layers with the middle widened."""
 
@@ -118,7 +116,6 @@ class BranchDense(Rule):
         return Widened(new, {k: f for k, f in scales.items() if f != 1.0})
 
 
-@rule(BranchDWConv2d)
 class BranchDepthwise(Rule):
     """Every tensor replicated unscaled (+ε), conv(r·z)/r: every factor is 1."""
 

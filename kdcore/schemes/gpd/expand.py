@@ -1,11 +1,11 @@
 """Inverse Reparameterization (gpd.md §1): the student → a wider DT computing the same function.
 
-The DT is a deep copy of the student in which every layer with a rule (`rules.py`) is replaced
-by its r× wider form, under the same name. The model's class, forward, attribute and state-dict
-key names are therefore the student's own; only shapes grow. A deep copy (rather than rebuilding
-the zoo class with scaled widths) works for any model made of supported layers and keeps the
-first layer's input and the last layer's output at the student's sizes, which a width-scaled zoo
-constructor would not.
+The DT is a deep copy of the student in which every layer with a rule (`rule_table.py`) is
+replaced by its r× wider form, under the same name. The model's class, forward, attribute and
+state-dict key names are therefore the student's own; only shapes grow. A deep copy (rather than
+rebuilding the zoo class with scaled widths) works for any model made of supported layers and
+keeps the first layer's input and the last layer's output at the student's sizes, which a
+width-scaled zoo constructor would not.
 """
 
 from __future__ import annotations
@@ -16,15 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Importing the rule modules registers their rules.
-from kdcore.schemes.gpd import (  # noqa: F401
-    basic_rules,
-    cbr_rules,
-    grouped_rules,
-    transformer_rules,
-)
 from kdcore.schemes.gpd.plan import analyse
-from kdcore.schemes.gpd.rules import find
+from kdcore.schemes.gpd.rule_table import find
 from kdcore.schemes.gpd.transformer_rules import widen_tensors
 
 

@@ -5,7 +5,7 @@ A grouped conv maps each group of input channels to its own output channels, so 
 groups r·g the j-th DT group reads replica j // g of student group j % g: replicating W along
 the output axis gives every replica the student's kernels. It is per-channel-group, like a
 norm: its output is widened iff its input is. One rule serves every nn.Conv1d/nn.Conv2d
-(the only one registered for them) and hands groups == 1 to `Dense`.
+(the only one the rule table lists for them) and hands groups == 1 to `Dense`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from torch import nn
 
 from kdcore.schemes.gpd.basic_rules import Dense
 from kdcore.schemes.gpd.layers import GPDConv1d, GPDConv2d
-from kdcore.schemes.gpd.rules import Role, Rule, Widened, Widening, rule
+from kdcore.schemes.gpd.rule import Role, Rule, Widened, Widening
 from kdcore.schemes.gpd.tile import replicate
 
 
-@rule(nn.Conv1d, nn.Conv2d)
 class Conv(Rule):
     """Dense for groups == 1; otherwise the grouped rule (every student factor 1)."""
 

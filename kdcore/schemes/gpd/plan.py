@@ -33,7 +33,8 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from kdcore.schemes.gpd.rules import RULES, Role, Rule, Widening, find, handled
+from kdcore.schemes.gpd.rule import Role, Rule, Widening
+from kdcore.schemes.gpd.rule_table import RULES, find, handled
 
 #: Parameter-free layers that act on every channel alike: ReLU and LeakyReLU are positively
 #: homogeneous (gpd.md §1: "ReLU needs nothing"), pooling and dropout are per-channel or linear.

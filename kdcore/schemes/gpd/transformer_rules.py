@@ -10,12 +10,11 @@ from torch import nn
 
 from kdcore.models.zoo.vit import Attention
 from kdcore.schemes.gpd.basic_rules import Dense
-from kdcore.schemes.gpd.layers import SCALED_ACTIVATIONS, GPDLayerNorm, scaled_activation
-from kdcore.schemes.gpd.rules import Rule, Widened, Widening, rule
+from kdcore.schemes.gpd.layers import GPDLayerNorm, scaled_activation
+from kdcore.schemes.gpd.rule import Rule, Widened, Widening
 from kdcore.schemes.gpd.tile import replicate, tile_along
 
 
-@rule(nn.LayerNorm)
 class LayerNorm(Rule):
     """LN(r·z)/r over the widened last axis; γ, β replicated (+ε): every factor is 1."""
 
@@ -52,7 +51,6 @@ class LayerNorm(Rule):
         return Widened(new)
 
 
-@rule(*SCALED_ACTIVATIONS)
 class Activation(Rule):
     """f(r·z)/r for element-wise activations that are not positively homogeneous (no tensors)."""
 
@@ -69,7 +67,6 @@ class Activation(Rule):
         return Widened(scaled_activation(m, ratio) if w.in_wide else m)
 
 
-@rule(Attention)
 class SelfAttention(Rule):
     """The zoo's multi-head attention: h → r·h heads of the same head_dim, scale × r².
 
