@@ -13,5 +13,5 @@ COPY client client
 COPY service service
 COPY migrations migrations
 RUN pip install ".[service]"
-# -c 1: one job at a time on this GPU; a fresh child process per job (worker/app.py).
+# -c 1: one job at a time on this GPU; a fresh child process per job (store/queue.py).
 CMD ["celery", "-A", "worker.app", "worker", "--loglevel=INFO", "-c", "1", "-Q", "distillery"]
