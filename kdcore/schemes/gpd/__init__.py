@@ -2,7 +2,7 @@
 
 `expand(student, ratio, noise)` is Inverse Reparameterization (gpd.md §1); `expansion` also
 returns the factors the hard strategy (§2) cuts the student back out with. Every layer rule is
-listed in `rule_table.py`; `plan.py` decides on the traced graph which tensors are widened.
+listed in `rule_table.py`; `plan/` decides on the traced graph which tensors are widened.
 """
 
 from kdcore.schemes.gpd.expand import Expansion, expand, expansion

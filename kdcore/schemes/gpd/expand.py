@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdcore.schemes.gpd.plan import analyse
+from kdcore.schemes.gpd.plan.walk import analyse
 from kdcore.schemes.gpd.rule_table import find
 from kdcore.schemes.gpd.transformer_rules import widen_tensors
 
