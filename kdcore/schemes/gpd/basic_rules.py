@@ -30,7 +30,7 @@ class Dense(Rule):
             raise ValueError("grouped convolutions need their own rule")  # checked by the plan
         ri, ro = (ratio if w.in_wide else 1), (ratio if w.out_wide else 1)
         if isinstance(m, nn.Linear):
-            new: nn.Module = nn.Linear(
+            new: nn.Linear | nn.Conv1d | nn.Conv2d = nn.Linear(
                 m.in_features * ri, m.out_features * ro, bias=m.bias is not None
             )
         else:
@@ -48,6 +48,7 @@ class Dense(Rule):
         with torch.no_grad():
             new.weight.copy_(tile_weight(m.weight, ratio, w.in_wide, w.out_wide, noise, generator))
             if m.bias is not None:
+                assert new.bias is not None
                 new.bias.copy_(tile_bias(m.bias, ratio, w.out_wide, noise, generator))
         new.train(m.training)
         factor = float(ratio) if w.out_wide else 1.0
@@ -90,9 +91,14 @@ class BatchNorm(Rule):
                 new.weight.copy_(replicate(m.weight, ratio, noise, generator))
                 new.bias.copy_(replicate(m.bias, ratio, noise, generator))
             if m.track_running_stats:
-                assert m.running_mean is not None and m.running_var is not None
-                new.running_mean.copy_(replicate(m.running_mean, ratio))  # type: ignore[union-attr]
-                new.running_var.copy_(replicate(m.running_var, ratio))  # type: ignore[union-attr]
-                new.num_batches_tracked.copy_(m.num_batches_tracked)  # type: ignore[union-attr]
+                old_stats = (m.running_mean, m.running_var, m.num_batches_tracked)
+                new_stats = (new.running_mean, new.running_var, new.num_batches_tracked)
+                mean, var, batches = old_stats
+                new_mean, new_var, new_batches = new_stats
+                assert mean is not None and var is not None and batches is not None
+                assert new_mean is not None and new_var is not None and new_batches is not None
+                new_mean.copy_(replicate(mean, ratio))
+                new_var.copy_(replicate(var, ratio))
+                new_batches.copy_(batches)
         new.train(m.training)
         return Widened(new)

@@ -20,6 +20,9 @@ from kdcore.schemes.gpd.plan.walk import analyse
 from kdcore.schemes.gpd.rule_table import find
 from kdcore.schemes.gpd.transformer_rules import widen_tensors
 
+#: The attribute where zoo models keep their penultimate width (feature-based methods read it).
+_FEATURE_DIM = "feature_dim"
+
 
 @dataclass
 class Expansion:
@@ -63,8 +66,9 @@ def expansion(
             setattr(parent, attr, widened.module)
         scales.update({f"{name}.{k}": f for k, f in widened.scales.items()})
     scales.update(widen_tensors(dt, planned.tensors, ratio, noise, generator))
-    if isinstance(getattr(dt, "feature_dim", None), int):
-        dt.feature_dim = student.feature_dim * ratio  # the penultimate width, now r× wider
+    width = getattr(student, _FEATURE_DIM, None)
+    if isinstance(width, int):
+        setattr(dt, _FEATURE_DIM, width * ratio)  # the penultimate width, now r× wider
     return Expansion(dt, ratio, scales)
 
 

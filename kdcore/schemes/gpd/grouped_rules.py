@@ -57,6 +57,7 @@ class Conv(Rule):
         with torch.no_grad():
             new.weight.copy_(replicate(m.weight, ratio, noise, generator))
             if m.bias is not None:
+                assert new.bias is not None
                 new.bias.copy_(replicate(m.bias, ratio, noise, generator))
         new.train(m.training)
         return Widened(new)
