@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kdcore.report import Evaluation, Report
 from kdcore.spec import UPLOAD_PREFIX
 from store.models import Artifact, Job, JobStatus, Upload
+from store.models import Evaluation as EvaluationRow
 
 
 class Out(BaseModel):
@@ -78,62 +80,20 @@ class ArtifactOut(Out):
         )
 
 
-class EvaluationOut(Out):
-    """Teacher, student (and for GPD jobs the dynamic teacher) measured on one held-out split.
+class EvaluationOut(Evaluation):
+    """Teacher, student (and for GPD jobs the dynamic teacher) measured on one held-out split:
+    `kdcore.report.Evaluation`, the summary of the job's report, as `distill run`'s report.json
+    and the SDK show it.
 
     A GPD job without a static teacher (`method.scenario` scratch or finetune) has null
     `teacher_*` fields and a null `compression_ratio`; its `gap` is measured to the dynamic
     teacher (`gap_reference` = dynamic_teacher)."""
 
-    teacher_accuracy: float | None = Field(
-        None, description="percent, on the held-out split; null when the job had no teacher"
-    )
-    student_accuracy: float = Field(..., description="percent, on the same split")
-    baseline_accuracy: float | None = Field(
-        None, description="the student trained alone with CE (when evaluate.baseline is on)"
-    )
-    gap: float = Field(
-        ...,
-        description="teacher minus student accuracy in points, or dynamic teacher minus student "
-        "when gap_reference is dynamic_teacher; the quality gates judge this",
-    )
-    gap_reference: Literal["teacher", "dynamic_teacher"] = Field(
-        "teacher",
-        description="which teacher `gap` is measured to: the static teacher, or (a GPD job "
-        "without one) the dynamic teacher",
-    )
-    teacher_params: int | None = Field(None, description="null when the job had no teacher")
-    student_params: int
-    compression_ratio: float | None = Field(
-        None, description="teacher parameters / student parameters; null without a teacher"
-    )
-    teacher_latency_ms: float | None = Field(
-        None, description="CPU latency per batch; null when the job had no teacher"
-    )
-    student_latency_ms: float
-    student_size_bytes: int
-    dynamic_teacher_accuracy: float | None = Field(
-        None,
-        description="GPD only: accuracy (percent) of the dynamic teacher, the student widened "
-        "by `dynamic_teacher_ratio` and trained alongside it; null for other methods",
-    )
-    dynamic_teacher_params: int | None = Field(
-        None, description="GPD only: parameters of the dynamic teacher"
-    )
-    dynamic_teacher_ratio: int | None = Field(
-        None, description="GPD only: how many times wider than the student the dynamic teacher is"
-    )
-    gap_teacher_dynamic: float | None = Field(
-        None,
-        description="GPD only: static teacher minus dynamic teacher accuracy, in points; null "
-        "without a static teacher",
-    )
-    gap_dynamic_student: float | None = Field(
-        None, description="GPD only: dynamic teacher minus student accuracy, in points"
-    )
-    gate_passed: bool
-    gates: dict[str, Any]
     created_at: datetime
+
+    @classmethod
+    def of(cls, row: EvaluationRow) -> EvaluationOut:
+        return cls(**row.summary().model_dump(), created_at=row.created_at)
 
 
 class JobSummary(Out):
@@ -169,7 +129,7 @@ class JobDetail(JobSummary):
         return cls(
             **summary,
             spec=job.spec,
-            evaluation=EvaluationOut.model_validate(job.evaluation) if job.evaluation else None,
+            evaluation=EvaluationOut.of(job.evaluation) if job.evaluation else None,
             artifacts=[ArtifactOut.of(a) for a in job.artifacts],
         )
 
@@ -203,7 +163,7 @@ class MetricSeries(BaseModel):
 
 
 class ReportOut(BaseModel):
-    report: dict[str, Any] = Field(
+    report: Report = Field(
         ..., description="the full evaluation report (accuracies, history, timings, gates)"
     )
 

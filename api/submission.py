@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.errors import FieldErrors
-from kdcore.spec import UPLOAD_PREFIX, JobSpec, file_references, parse_spec
+from kdcore.spec import UPLOAD_PREFIX, JobSpec, file_references
+from kdcore.validation import parse_spec
 from store.models import Upload
 from store.refs import JOB_REF_FIELDS, is_job_ref, job_weights, misplaced_job_ref
 from store.settings import Settings

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from kdcore.pipeline import run
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "digits-kd.yaml"
 
@@ -47,7 +47,7 @@ def main() -> None:
             d["train"]["seed"] = d["teacher"]["train"]["seed"] = seed
             d["export"] = ["safetensors"]
             with tempfile.TemporaryDirectory() as out:
-                r = run(parse_spec(d), out)
+                r = run(parse_spec(d), out).to_json()
             rows.append(
                 (
                     r["teacher"]["accuracy"],

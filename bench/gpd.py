@@ -42,7 +42,7 @@ from kdcore.methods import registry
 from kdcore.models.registry import build_model
 from kdcore.schemes.gpd.trainee import GPDTrainee
 from kdcore.spec import DataSpec, TrainSpec
-from kdcore.train import fit, freeze
+from kdcore.train import StageContext, Teaching, fit, freeze
 
 TEACHER = [32, 64]
 STUDENT = [8, 16]
@@ -117,7 +117,11 @@ def run_one(
     spec = train_spec(stage_epochs, seed, lr, clip=5.0 if gpd else None)
     before = rss_mb()
     started = time.perf_counter()
-    fit(trained, method, data, spec, stage=row.label, teacher=teacher)
+    fit(
+        trained,
+        method,
+        StageContext(name=row.label, data=data, train=spec, teacher=Teaching(teacher)),
+    )
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
@@ -150,7 +154,11 @@ def main() -> None:
     data = load_data(DataSpec(source="digits", labeled_fraction=args.labeled))
     full = data if data.y_train_all is None else dataclasses.replace(data, y_train=data.y_train_all)
     teacher = build(TEACHER, data, 0)
-    fit(teacher, registry.build("ce"), full, train_spec(args.epochs, 0), stage="teacher")
+    fit(
+        teacher,
+        registry.build("ce"),
+        StageContext(name="teacher", data=full, train=train_spec(args.epochs, 0)),
+    )
     t_acc = accuracy(teacher, data.x_val, data.y_val)
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpd-"))
     teacher_file = tmp / "teacher.pt"

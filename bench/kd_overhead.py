@@ -22,7 +22,7 @@ from kdcore.evaluate import predict_logits
 from kdcore.methods import registry as methods
 from kdcore.models.registry import build_model
 from kdcore.spec import DataSpec, TrainSpec
-from kdcore.train import fit
+from kdcore.train import StageContext, Teaching, fit
 
 CASES = [
     # name, data spec, teacher (arch, kwargs), student (arch, kwargs), batch size
@@ -64,11 +64,7 @@ def epoch_seconds(
     res = fit(
         model,
         methods.build(method),
-        data,
-        spec,
-        stage="bench",
-        teacher=teacher,
-        cache_teacher=cache,
+        StageContext(name="bench", data=data, train=spec, teacher=Teaching(teacher, cache=cache)),
     )
     times = [r.train_seconds for r in res.history[1:]]  # first epoch warms up
     return statistics.median(times)

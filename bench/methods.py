@@ -33,7 +33,7 @@ from kdcore.methods import registry
 from kdcore.models.registry import build_model
 from kdcore.schemes.mutual import PeerGroup
 from kdcore.spec import DataSpec, TrainSpec
-from kdcore.train import fit, freeze
+from kdcore.train import StageContext, Teaching, fit, freeze
 
 TEACHER = {"arch": "convnet", "channels": [32, 64]}
 STUDENT = {"arch": "convnet", "channels": [8, 16]}
@@ -99,7 +99,11 @@ def run_setting(
     data = load_data(DataSpec(source="digits", labeled_fraction=labeled))
     full = data if data.y_train_all is None else dataclasses.replace(data, y_train=data.y_train_all)
     teacher = build(TEACHER, data, 0)
-    fit(teacher, registry.build("ce"), full, train_spec(epochs, 0), stage="teacher")
+    fit(
+        teacher,
+        registry.build("ce"),
+        StageContext(name="teacher", data=full, train=train_spec(epochs, 0)),
+    )
     freeze(teacher)
     t_acc = accuracy(teacher, data.x_val, data.y_val)
     results: dict[str, list[float]] = {}
@@ -113,10 +117,9 @@ def run_setting(
             fit(
                 student,
                 registry.build(method, params),
-                data,
-                train_spec(epochs, seed),
-                stage=label,
-                teacher=teacher,
+                StageContext(
+                    name=label, data=data, train=train_spec(epochs, seed), teacher=Teaching(teacher)
+                ),
             )
             seconds.setdefault(label, []).append(time.perf_counter() - started)
             results.setdefault(label, []).append(student_accuracy(student, data))

@@ -25,6 +25,7 @@ from client.engine import needs_engine
 from client.outcome import EXIT_ERROR, EXIT_GATE, EXIT_INVALID
 from client.plugins import add_installed_commands
 from client.progress import RichProgress
+from kdcore.report import Report
 
 app = typer.Typer(
     help="Distillery: compress a teacher model into a small student by knowledge distillation.",
@@ -76,7 +77,7 @@ def run(
         err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
         raise typer.Exit(EXIT_ERROR) from None
     _print_summary(report, out)
-    if not report["gates"]["passed"]:
+    if not report.gates["passed"]:
         raise typer.Exit(EXIT_GATE)
 
 
@@ -112,30 +113,28 @@ def _fail_invalid(title: str, errors: list[tuple[str, str]]) -> None:
     raise typer.Exit(EXIT_INVALID)
 
 
-def _print_summary(report: dict, out: Path) -> None:
-    t, s, b = report["teacher"], report["student"], report["baseline"]
-    d = report.get("dynamic_teacher")
+def _print_summary(report: Report, out: Path) -> None:
+    t, s, b, d = report.teacher, report.student, report.baseline, report.dynamic_teacher
     con = Console(file=sys.stdout)
-    con.print(f"[bold]{report['name']}[/] ({report['method']['name']})")
+    con.print(f"[bold]{report.name}[/] ({report.method['name']})")
     if t is not None:
-        con.print(f"  teacher  acc {t['accuracy']:6.2f}%  params {t['params']:>10,}")
+        con.print(f"  teacher  acc {t.accuracy:6.2f}%  params {t.params:>10,}")
     if d is not None:
         con.print(
-            f"  dynamic  acc {d['accuracy']:6.2f}%  params {d['params']:>10,}"
-            f"  (GPD, ratio {d['ratio']}, scenario {d['scenario']})"
+            f"  dynamic  acc {d.accuracy:6.2f}%  params {d.params:>10,}"
+            f"  (GPD, ratio {d.ratio}, scenario {d.scenario})"
         )
-    smaller = f"  ({report['compression']}x smaller)" if report["compression"] else ""
-    con.print(f"  student  acc {s['accuracy']:6.2f}%  params {s['params']:>10,}{smaller}")
+    smaller = f"  ({report.compression}x smaller)" if report.compression else ""
+    con.print(f"  student  acc {s.accuracy:6.2f}%  params {s.params:>10,}{smaller}")
     if b is not None:
-        con.print(f"  baseline acc {b['accuracy']:6.2f}%  (student trained alone)")
-    to_dynamic = report.get("gap_reference", "teacher") != "teacher"
-    against = " (to the dynamic teacher)" if to_dynamic else ""
-    con.print(f"  gap {report['gap']:.2f} points{against}")
-    for check in report["gates"]["checks"]:
+        con.print(f"  baseline acc {b.accuracy:6.2f}%  (student trained alone)")
+    against = " (to the dynamic teacher)" if report.gap_reference != "teacher" else ""
+    con.print(f"  gap {report.gap:.2f} points{against}")
+    for check in report.gates["checks"]:
         verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
         con.print(f"  gate {check['name']}: {check['value']} vs {check['threshold']} {verdict}")
-    for a in report["artifacts"]:
-        con.print(f"  {a['format']:<13} {a['path']}  (max abs diff {a['max_abs_diff']:.1e})")
+    for a in report.artifacts:
+        con.print(f"  {a.format:<13} {a.path}  (max abs diff {a.max_abs_diff:.1e})")
     con.print(f"  report: {out / 'report.json'}")
 
 

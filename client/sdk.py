@@ -45,6 +45,7 @@ from client.errors import (
 )
 from client.specfile import local_files, read_spec, with_uploads
 from client.sse import events as sse_events
+from kdcore.report import Evaluation
 
 __all__ = [
     "ApiError",
@@ -85,55 +86,6 @@ def _build(cls: type[T], data: dict[str, Any]) -> T:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Teacher and student measured on the same held-out split (accuracies in percent).
-
-    A GPD job also measures its dynamic teacher (`dynamic_teacher_*`); one without a static
-    teacher (scenario scratch or finetune) has `teacher_*` and `compression_ratio` None, and its
-    `gap` is to the dynamic teacher (`gap_reference == "dynamic_teacher"`). Built by keyword
-    from the API's JSON, so fields an older server does not send keep their defaults.
-    """
-
-    student_accuracy: float
-    gap: float  # teacher (or dynamic teacher, see gap_reference) minus student, in points
-    student_params: int
-    student_latency_ms: float
-    student_size_bytes: int
-    gate_passed: bool
-    gates: dict[str, Any]
-    teacher_accuracy: float | None = None
-    teacher_params: int | None = None
-    compression_ratio: float | None = None
-    teacher_latency_ms: float | None = None
-    baseline_accuracy: float | None = None
-    gap_reference: str = "teacher"  # "teacher" | "dynamic_teacher"
-    dynamic_teacher_accuracy: float | None = None
-    dynamic_teacher_params: int | None = None
-    dynamic_teacher_ratio: int | None = None
-    gap_teacher_dynamic: float | None = None
-    gap_dynamic_student: float | None = None
-
-    @property
-    def has_teacher(self) -> bool:
-        return self.teacher_accuracy is not None
-
-    def describe(self) -> str:
-        """One line: the accuracies the job has, the gap (and what it is to), the compression."""
-        parts = []
-        if self.teacher_accuracy is not None:
-            parts.append(f"teacher {self.teacher_accuracy:.2f}%")
-        if self.dynamic_teacher_accuracy is not None:
-            ratio = f" (x{self.dynamic_teacher_ratio})" if self.dynamic_teacher_ratio else ""
-            parts.append(f"dynamic teacher {self.dynamic_teacher_accuracy:.2f}%{ratio}")
-        parts.append(f"student {self.student_accuracy:.2f}%")
-        against = " to the dynamic teacher" if self.gap_reference == "dynamic_teacher" else ""
-        parts.append(f"gap {self.gap:.2f} points{against}")
-        if self.compression_ratio is not None:
-            parts.append(f"{self.compression_ratio:.1f}x fewer parameters")
-        return "  ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -235,7 +187,7 @@ class Job:
     @property
     def evaluation(self) -> Evaluation | None:
         ev = self.data.get("evaluation")
-        return _build(Evaluation, ev) if ev else None
+        return Evaluation.model_validate(ev) if ev else None
 
     @property
     def artifacts(self) -> list[Artifact]:

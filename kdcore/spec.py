@@ -1,17 +1,16 @@
 """The job spec: one pydantic schema shared by the API (validation) and the engine (execution).
 
 Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
-`parse_spec` is the single entry point; it turns pydantic's errors and the method registry's
-checks into a `SpecError` whose lines read `field.path: what is wrong; what is allowed`.
+`kdcore.validation.parse_spec` is the single entry point (it also runs every method's and
+scheme's static checks); errors are a `SpecError` whose lines read `field.path: what is wrong;
+what is allowed`. This module only declares the shape, so everything else may import it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -258,7 +257,8 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts) or "(root)"
 
 
-def _pydantic_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+def spec_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    """pydantic's errors as (field path, message) pairs, worded for a person."""
     out = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
@@ -270,105 +270,11 @@ def _pydantic_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list
     return out
 
 
-def parse_spec(data: Any) -> JobSpec:
-    """Validate a spec given as a dict; raise `SpecError` naming each bad field."""
-    from kdcore.methods import registry
-
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(_pydantic_errors(exc)) from None
-    errors: list[tuple[str, str]] = []
-    teacher_free = False
-    if spec.method.name not in registry.names():
-        errors.append(
-            (
-                "method.name",
-                f"{spec.method.name!r} is not a known method; known: {', '.join(registry.names())}",
-            )
-        )
-    else:
-        try:
-            method = registry.build(spec.method.name, spec.method.model_extra)
-            teacher_free = method.trains_own_teacher and not method.needs_teacher
-        except ValidationError as exc:
-            errors.extend(_pydantic_errors(exc, ("method",)))
-    errors.extend(_teacher_errors(spec, teacher_free))
-    from kdcore.models import registry as models
-
-    archs = [("student.arch", spec.student.arch)]
-    if spec.teacher is not None:
-        archs.insert(0, ("teacher.arch", spec.teacher.arch))
-    archs += [(f"teachers.{i}.arch", t.arch) for i, t in enumerate(spec.teachers or [])]
-    archs += [(f"assistants.{i}.arch", a.arch) for i, a in enumerate(spec.assistants)]
-    for loc, arch in archs:
-        if arch is not None and arch not in models.names():
-            errors.append(
-                (loc, f"{arch!r} is not a known architecture; known: {', '.join(models.names())}")
-            )
-    if errors:
-        raise SpecError(errors)
-    return spec
-
-
-def _teacher_errors(spec: JobSpec, teacher_free: bool = False) -> list[tuple[str, str]]:
-    """Who teaches: exactly one of teacher / teachers; none for a method that trains its own
-    teacher and needs no other (`teacher_free`: GPD's scratch and finetune scenarios)."""
-    errors: list[tuple[str, str]] = []
-    if teacher_free:
-        for field in ("teacher", "teachers"):
-            if getattr(spec, field) is not None:
-                errors.append(
-                    (
-                        field,
-                        f"method {spec.method.name} with this scenario uses no static teacher; "
-                        "remove it, or set method.scenario: teacher",
-                    )
-                )
-        return errors
-    if spec.teacher is not None and spec.teachers is not None:
-        errors.append(("teachers", "give either teacher (one) or teachers (several), not both"))
-    if spec.multi_teacher is not None and spec.teachers is None:
-        errors.append(("multi_teacher", "only used with teachers (a list of several teachers)"))
-    if spec.teachers is not None and spec.multi_teacher is not None:
-        index = spec.multi_teacher.feature_teacher
-        if index >= len(spec.teachers):
-            errors.append(
-                (
-                    "multi_teacher.feature_teacher",
-                    f"{index} is not an index of teachers (0..{len(spec.teachers) - 1})",
-                )
-            )
-    if spec.teacher is None and spec.teachers is None:
-        # Methods that need no teacher but train none of their own (tf_kd, dml, byot) still
-        # take one: the report's gap, the gates and the service's evaluation are measured to it.
-        errors.append(
-            ("teacher", "required field is missing; give teacher (one) or teachers (several)")
-        )
-    return errors
-
-
 def teacher_specs(spec: JobSpec) -> list[tuple[str, TeacherSpec]]:
     """(field path, teacher) for every teacher the spec names: `teacher`, or `teachers.<i>`."""
     if spec.teacher is not None:
         return [("teacher", spec.teacher)]
     return [(f"teachers.{i}", t) for i, t in enumerate(spec.teachers or [])]
-
-
-def load_spec(path: str | Path) -> JobSpec:
-    """Read a YAML or JSON spec file; relative file paths inside it resolve from its folder."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError([("(file)", f"cannot read {path}: {exc.strerror}")]) from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError([("(file)", f"{path} is not valid YAML/JSON: {exc}")]) from None
-    if not isinstance(data, dict):
-        raise SpecError([("(root)", "a spec is a mapping with name, teacher, student, data, ...")])
-    return resolve_paths(parse_spec(data), path.parent)
 
 
 UPLOAD_PREFIX = "upload:"

@@ -224,37 +224,50 @@ class _Stepper:
         return loss.item()
 
 
-def fit(
-    student: nn.Module,
-    method: Method,
-    data: Dataset,
-    train: TrainSpec,
-    *,
-    stage: str,
-    teacher: nn.Module | None = None,
-    augment: Augment | None = None,
-    callbacks: Callbacks | None = None,
-    checkpoints: CheckpointStore | None = None,
-    cache_teacher: bool = True,
-    fingerprint: str = "",
-    teacher_mode: str = "eval",
-) -> FitResult:
-    """Train `student` with `method` (and a frozen `teacher`, when the method needs one).
+@dataclass(frozen=True)
+class Teaching:
+    """Who teaches a stage: a model (frozen by `fit` in `mode`, see `freeze`), and whether its
+    logits may be computed once and cached (never for a `train`-mode teacher, whose logits depend
+    on the batch). A teacher with `start_step(epoch, step)` is told each step before it runs (a
+    multi-teacher drawing one teacher per step)."""
 
-    A checkpoint of `stage` is resumed only when its `fingerprint` (a digest of the settings that
-    shape this stage) matches; a stale one from another job is ignored and overwritten.
-    `teacher_mode` is the teacher's `freeze` mode; a `train`-mode teacher's logits are never
-    cached (they depend on the batch). A teacher with a `start_step(epoch, step)` method is told
-    each step before it runs (a multi-teacher drawing one teacher per step).
-    """
-    cb = callbacks or Callbacks()
+    model: nn.Module | None
+    mode: str = "eval"
+    cache: bool = True
+
+
+#: A stage nobody teaches (a teacher trained with CE, the baseline, self-distillation).
+NO_TEACHER = Teaching(None)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything one training stage needs besides the model and the method.
+
+    A checkpoint of stage `name` is resumed only when its `fingerprint` (a digest of the settings
+    that shape this stage) matches; a stale one from another job is ignored and overwritten."""
+
+    name: str
+    data: Dataset
+    train: TrainSpec
+    teacher: Teaching = NO_TEACHER
+    augment: Augment | None = None
+    callbacks: Callbacks = field(default_factory=Callbacks)
+    checkpoints: CheckpointStore | None = None
+    fingerprint: str = ""
+
+
+def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
+    """Train `student` with `method` (and `ctx.teacher`, frozen, when the method needs one)."""
+    cb, train, data, stage = ctx.callbacks, ctx.train, ctx.data, ctx.name
     device = select_device(train.device)
     student.to(device)
     method.to(device)
+    teacher = ctx.teacher.model
     if method.needs_teacher:
         if teacher is None:
             raise ValueError(f"{stage}: the method needs a teacher")
-        freeze(teacher, teacher_mode).to(device)
+        freeze(teacher, ctx.teacher.mode).to(device)
     else:
         teacher = None
     hooks = _attach_feature_hooks(student, teacher, method, data.x_train[:2].to(device))
@@ -270,8 +283,8 @@ def fit(
     torch.manual_seed(train.seed)
 
     result = FitResult()
-    saved = checkpoints.load(stage) if checkpoints else None
-    if saved is not None and saved.get("fingerprint", "") == fingerprint:
+    saved = ctx.checkpoints.load(stage) if ctx.checkpoints else None
+    if saved is not None and saved.get("fingerprint", "") == ctx.fingerprint:
         student.load_state_dict(saved["student"])
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -286,10 +299,10 @@ def fit(
     y_train = data.y_train.to(device)
     # Cached logits skip the teacher's forward, so a method reading teacher features needs it live.
     use_cache = (
-        cache_teacher
-        and augment is None
+        ctx.teacher.cache
+        and ctx.augment is None
         and teacher is not None
-        and teacher_mode == "eval"
+        and ctx.teacher.mode == "eval"
         and not method.teacher_layers()
     )
     teacher_out = _TeacherOutputs(teacher, data.x_train, use_cache, device)
@@ -301,7 +314,7 @@ def fit(
         scaler,
         teacher_out,
         hooks,
-        augment,
+        ctx.augment,
         generator,
         device,
         amp,
@@ -332,8 +345,8 @@ def fit(
                 train_seconds=train_seconds,
             )
             result.history.append(record)
-            if checkpoints is not None:
-                checkpoints.save(
+            if ctx.checkpoints is not None:
+                ctx.checkpoints.save(
                     stage,
                     _checkpoint(
                         student,
@@ -344,7 +357,7 @@ def fit(
                         generator,
                         epoch + 1,
                         result.history,
-                        fingerprint,
+                        ctx.fingerprint,
                     ),
                 )
             cb.on_epoch_end(record)

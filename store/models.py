@@ -33,6 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from kdcore.report import Evaluation as ReportEvaluation
+from kdcore.report import Report
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -170,10 +173,10 @@ class Artifact(Base):
 
 
 class Evaluation(Base):
-    """A finished job's numbers. `teacher_*` and `compression_ratio` are null for a job without a
-    static teacher (GPD scenarios scratch and finetune); `dynamic_teacher_*` are set for GPD jobs
-    only. `gap` is what the gates judge: teacher minus student, or dynamic teacher minus student
-    when `gap_reference` is "dynamic_teacher"."""
+    """A finished job's report (`report`, the JSON of `kdcore.report.Report`) and, as indexed
+    columns the API can filter and sort on, the figures of its summary (`Report.evaluation`):
+    every column named like a field of `kdcore.report.Evaluation` is filled from it by `of`, so
+    a new figure in the report needs no change here unless it must be filterable."""
 
     __tablename__ = "evaluations"
 
@@ -202,6 +205,21 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="evaluation")
+
+    @classmethod
+    def of(cls, job_id: str, report: Report) -> Evaluation:
+        """The row of a finished job: the report's JSON and its summary's indexed columns."""
+        summary = report.evaluation
+        columns = set(cls.__table__.columns.keys()) & set(type(summary).model_fields)
+        return cls(
+            job_id=job_id,
+            report=report.to_json(),
+            **{name: getattr(summary, name) for name in columns},
+        )
+
+    def summary(self) -> ReportEvaluation:
+        """The summary the API shows, from the stored report (the one source of its figures)."""
+        return Report.model_validate(self.report).evaluation
 
 
 class Upload(Base):

@@ -1,9 +1,9 @@
 """Training callbacks that report a job's progress, metrics and stage events to the database and
 pass the cancel flag back to the loop.
 
-Progress is one number in [0, 1] over the whole job: the stages this spec will actually run
-share it by their epochs (a teacher trained in the job only when `teacher.train`, the baseline
-only when `evaluate.baseline`), with a small fixed share for evaluation and export. It is written
+Progress is one number in [0, 1] over the whole job: the stages of the job's plan share it by
+their epochs (a teacher trained in the job only when `teacher.train`, the baseline only when
+`evaluate.baseline`), with a small fixed share for evaluation and export. It is written
 at most every `min_interval` seconds plus at every epoch end, so a fast loop does not turn into a
 stream of UPDATEs. Every write is fenced on the claim (store.jobs) and skipped once the claim is
 lost.
@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from kdcore.callbacks import Callbacks, EpochRecord
-from kdcore.spec import JobSpec, teacher_specs
+from kdcore.schemes.registry import plan
+from kdcore.spec import JobSpec
 from store.db import session_scope
 from store.jobs import Claim, add_event, record_metrics, report_progress
 from worker.lease import Lease
@@ -31,25 +32,11 @@ TRAIN_SHARE = 0.95  # the rest is evaluation and export, split evenly
 METRICS = ("train_loss", "student_accuracy", "lr")
 
 
-def teacher_stage(loc: str) -> str:
-    """The pipeline's stage name for a teacher trained in the job: "teacher" for `teacher`,
-    "teacher1", "teacher2", ... for `teachers.0`, `teachers.1`, ..."""
-    return "teacher" if loc == "teacher" else f"teacher{int(loc.split('.')[1]) + 1}"
-
-
 def stage_weights(spec: JobSpec) -> dict[str, float]:
-    """Each stage's share of the job's progress, summing to 1, for the stages `spec` runs."""
-    epochs: dict[str, float] = {}
-    for loc, teacher in teacher_specs(spec):
-        if teacher.train is not None:  # stages "teacher", or "teacher1", "teacher2", ...
-            epochs[teacher_stage(loc)] = teacher.train.epochs
-    if spec.evaluate.baseline:
-        epochs["baseline"] = spec.train.epochs
-    for i in range(len(spec.assistants)):  # the teacher-assistant chain: "assistant1", ...
-        epochs[f"assistant{i + 1}"] = spec.train.epochs
-    epochs["distill"] = spec.train.epochs
-    for k in range(2, spec.generations + 1):  # born-again: "generation2", ...
-        epochs[f"generation{k}"] = spec.train.epochs
+    """Each stage's share of the job's progress, summing to 1, for the stages `spec` runs: the
+    job's plan (kdcore.schemes) weighed by epochs, so progress and the pipeline never disagree
+    on what runs."""
+    epochs = {stage.name: stage.epochs for stage in plan(spec) if stage.epochs > 0}
     total = sum(epochs.values())
     weights = {stage: TRAIN_SHARE * n / total for stage, n in epochs.items()}
     weights["evaluate"] = weights["export"] = (1 - TRAIN_SHARE) / 2

@@ -33,7 +33,9 @@ from sqlalchemy import Engine, delete
 from kdcore.callbacks import Callbacks
 from kdcore.errors import Cancelled, InputError
 from kdcore.pipeline import run as run_pipeline
-from kdcore.spec import SpecError, parse_spec
+from kdcore.report import Report
+from kdcore.spec import SpecError
+from kdcore.validation import parse_spec
 from store.blobs import BlobStore
 from store.db import session_scope
 from store.jobs import Claim, add_event, claim, finish
@@ -43,7 +45,7 @@ from worker.checkpoints import BlobCheckpoints
 from worker.inputs import localize_files, public_message
 from worker.lease import Lease
 from worker.progress import JobCallbacks
-from worker.results import evaluation_row, public_report, store_artifacts, summary
+from worker.results import store_artifacts
 from worker.webhooks import deliver_for_job
 
 log = logging.getLogger(__name__)
@@ -172,28 +174,28 @@ def _succeed(
     c: Claim,
     engine: Engine,
     blobs: BlobStore,
-    report: dict[str, Any],
+    report: Report,
     submitted_spec: dict[str, Any],
     checkpoints: BlobCheckpoints,
 ) -> Outcome:
     """Store the files, then write every row of the result in one fenced transaction."""
     artifacts = store_artifacts(blobs, c.job_id, report)
-    stored = public_report(report, submitted_spec)
-    message = summary(report)
+    stored = report.stored(submitted_spec)
+    message = stored.evaluation.summary()
     with session_scope(engine) as s:
         # Nothing to remove in any legal history (only a success writes these, and success is
         # final); done so (job, format) stays unique even if a row was left behind by hand.
         s.execute(delete(Artifact).where(Artifact.job_id == c.job_id))
         s.execute(delete(Evaluation).where(Evaluation.job_id == c.job_id))
-        if not stored["gates"]["passed"]:
-            add_event(s, c.job_id, "gate", "gate failed", data=stored["gates"])
+        if not stored.gates["passed"]:
+            add_event(s, c.job_id, "gate", "gate failed", data=dict(stored.gates))
         done = finish(
             s,
             c,
             JobStatus.succeeded,
             message,
             artifacts=artifacts,
-            evaluation=evaluation_row(c.job_id, stored),
+            evaluation=Evaluation.of(c.job_id, stored),
         )
         if not done:
             s.rollback()

@@ -37,6 +37,10 @@ class Method(nn.Module):
 
     params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    #: The student scheme that trains with this method (kdcore/schemes): "offline" (a frozen
+    #: teacher teaches the student), "self" (no teacher is consulted), or a method's own
+    #: ("dml" trains peers, "gpd" a dynamic teacher).
+    scheme: ClassVar[str] = "offline"
     #: The method trains a teacher of its own (GPD's dynamic teacher): when it needs no static
     #: teacher, the spec must give none, and the gap is measured to its own.
     trains_own_teacher: ClassVar[bool] = False

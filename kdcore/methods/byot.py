@@ -103,6 +103,7 @@ def _check_shape(name: str, shape: torch.Size, field: str) -> None:
 class BeYourOwnTeacher(Method):
     params: ClassVar[type[MethodParams]] = BYOTParams
     needs_teacher: ClassVar[bool] = False
+    scheme: ClassVar[str] = "self"
     hparams: BYOTParams
 
     def __init__(self, params: MethodParams):

@@ -13,6 +13,7 @@ from kdcore.methods.registry import register
 @register("ce")
 class CrossEntropy(Method):
     needs_teacher: ClassVar[bool] = False
+    scheme: ClassVar[str] = "self"
 
     def forward(self, out: StepOutputs) -> Tensor:
         return masked_cross_entropy(out.student_logits, out.targets)

@@ -67,6 +67,7 @@ def mutual_loss(logits: list[Tensor], targets: Tensor) -> Tensor:
 class DeepMutualLearning(Method):
     params: ClassVar[type[MethodParams]] = DMLParams
     needs_teacher: ClassVar[bool] = False
+    scheme: ClassVar[str] = "dml"
     hparams: DMLParams
 
     def student_layers(self) -> list[str]:

@@ -71,6 +71,7 @@ def soft_cross_entropy(logits: Tensor, target_probs: Tensor, smoothing: float = 
 class GapPreserving(Method):
     params: ClassVar[type[MethodParams]] = GPDParams
     trains_own_teacher: ClassVar[bool] = True
+    scheme: ClassVar[str] = "gpd"
     hparams: GPDParams
 
     def __init__(self, params: MethodParams):

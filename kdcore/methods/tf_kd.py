@@ -52,6 +52,7 @@ class TeacherFreeKD(DistillTerm):
     params: ClassVar[type[MethodParams]] = TFKDParams
     ce_keys: ClassVar[tuple[str, ...]] = ("alpha",)
     needs_teacher: ClassVar[bool] = False
+    scheme: ClassVar[str] = "self"
     hparams: TFKDParams
 
     def distill_loss(self, out: StepOutputs) -> Tensor:

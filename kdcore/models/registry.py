@@ -15,8 +15,16 @@ register = _zoo.register
 
 
 def _load_zoo() -> None:
-    # Importing the architecture modules runs their @register lines.
-    from kdcore.models import zoo  # noqa: F401
+    """Import every module of the zoo package, so each architecture's @register line runs
+    (found by listing the package, like the methods: the registry imports no architecture)."""
+    import importlib
+    import pkgutil
+
+    import kdcore.models.zoo as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"kdcore.models.zoo.{info.name}")
 
 
 def names() -> list[str]:

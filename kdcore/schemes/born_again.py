@@ -13,89 +13,59 @@ finished job trains only the new ones).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import ClassVar
 
-from torch import Tensor, nn
-
-from kdcore.callbacks import Callbacks
-from kdcore.checkpoint import CheckpointStore
-from kdcore.data.dataset import Dataset
+from kdcore.build import build_student
 from kdcore.errors import InputError
 from kdcore.features import check_layers
-from kdcore.methods import registry as methods
-from kdcore.methods.base import Method
+from kdcore.schemes.base import Generation, JobState, Scheme, Stage, register
 from kdcore.spec import JobSpec
-from kdcore.train import Augment, FitResult, fit, freeze
+from kdcore.train import Teaching, fit, freeze
 
 
-@dataclass
-class Generation:
-    number: int  # 1-based
-    model: nn.Module
-    result: FitResult
+@register("born_again")
+class BornAgain(Scheme):
+    name: ClassVar[str] = "born_again"
+    order: ClassVar[int] = 50
 
+    def applies(self, spec: JobSpec) -> bool:
+        return spec.generations > 1
 
-def check_generation_layers(
-    spec: JobSpec, student: nn.Module, method: Method, example: Tensor
-) -> None:
-    """A generation teaches the next, so a feature method's teacher layers must exist on the
-    student's architecture too; checked before training."""
-    if spec.generations < 2:
-        return
-    try:
-        check_layers(student, method.teacher_layers(), "method.teacher_layers", example)
-    except InputError as exc:
-        raise InputError(
-            "generations",
-            f"each generation teaches the next, so the student needs the layers "
-            f"method.teacher_layers names: {exc.message}",
-        ) from None
+    def plan(self, spec: JobSpec) -> list[Stage]:
+        return [
+            Stage(
+                f"generation{number}",
+                spec.train.epochs,
+                lambda job, number=number: self.train_generation(job, number),  # type: ignore[misc]
+                timing="generations",
+            )
+            for number in range(2, spec.generations + 1)
+        ]
 
+    def check(self, job: JobState) -> None:
+        """A generation teaches the next, so a feature method's teacher layers must exist on the
+        student's architecture too."""
+        student = build_student(job.spec, job.data)
+        try:
+            check_layers(
+                student, job.method.teacher_layers(), "method.teacher_layers", job.data.x_train[:2]
+            )
+        except InputError as exc:
+            raise InputError(
+                "generations",
+                f"each generation teaches the next, so the student needs the layers "
+                f"method.teacher_layers names: {exc.message}",
+            ) from None
 
-def train_generations(
-    spec: JobSpec,
-    data: Dataset,
-    first: Generation,
-    *,
-    fingerprint: str,
-    augment: Augment | None,
-    callbacks: Callbacks,
-    checkpoints: CheckpointStore | None,
-) -> list[Generation]:
-    """Generations 2..`spec.generations`, each distilled from the one before; returns all of
-    them, `first` included. `fingerprint` is the distillation stage's."""
-    from kdcore.pipeline import build_student  # the pipeline imports this module
-
-    generations = [first]
-    for number in range(2, spec.generations + 1):
-        model = build_student(spec, data)
-        result = fit(
-            model,
-            methods.build(spec.method.name, spec.method.model_extra),
-            data,
-            spec.train,
-            stage=f"generation{number}",
-            teacher=freeze(generations[-1].model),
-            augment=augment,
-            callbacks=callbacks,
-            checkpoints=checkpoints,
-            fingerprint=fingerprint,
-            teacher_mode="eval",
-            cache_teacher=True,
+    def train_generation(self, job: JobState, number: int) -> None:
+        """Generation `number`, distilled from the one before (the distill stage's fingerprint:
+        a generation depends on exactly what generation 1 does)."""
+        spec = job.spec
+        model = build_student(spec, job.data)
+        ctx = job.stage(
+            f"generation{number}",
+            job.student_fingerprint(),
+            teaching=Teaching(freeze(job.student), "eval", cache=True),
         )
-        generations.append(Generation(number, model, result))
-    return generations
-
-
-def report_section(generations: Sequence[Generation], accuracies: Sequence[float]) -> list[dict]:
-    """The report's `generations`: each generation's last-epoch and best accuracy and history."""
-    return [
-        {
-            "generation": g.number,
-            "accuracy": accuracy,
-            "best_accuracy": round(g.result.best_accuracy, 4),
-            "history": [r.to_dict() for r in g.result.history],
-        }
-        for g, accuracy in zip(generations, accuracies, strict=True)
-    ]
+        result = fit(model, job.fresh_method(), ctx)
+        job.generations.append(Generation(number, model, result))

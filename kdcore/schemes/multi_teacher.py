@@ -15,12 +15,15 @@ first), while the response knowledge comes from all of them.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from kdcore.schemes._teachers import resolve_teacher
+from kdcore.schemes.base import JobState, Scheme, Stage, register
 from kdcore.spec import JobSpec, MultiTeacherSpec, TeacherSpec
-from kdcore.train import freeze
+from kdcore.train import Teaching, freeze
 
 
 class TeacherEnsemble(nn.Module):
@@ -118,7 +121,7 @@ def without_weight(entry: TeacherSpec) -> TeacherSpec:
 def report_section(
     spec: JobSpec,
     summaries: list[dict],
-    histories: list[list[dict]],
+    histories: list[list[Any]],
     ensemble_accuracy: float | None,
 ) -> dict:
     """The report's `teacher`: the best teacher's figures (the gap and gates use its accuracy),
@@ -147,3 +150,58 @@ def report_section(
         "members": members,
         "history": [],
     }
+
+
+@register("multi_teacher")
+class MultiTeacher(Scheme):
+    """Stages `teacher1`, `teacher2`, ...: each teacher loaded or trained; after the last one,
+    the ensemble teaches the next stage."""
+
+    name: ClassVar[str] = "multi_teacher"
+    order: ClassVar[int] = 10
+
+    def applies(self, spec: JobSpec) -> bool:
+        return spec.teachers is not None
+
+    def plan(self, spec: JobSpec) -> list[Stage]:
+        assert spec.teachers is not None
+        return [
+            Stage(
+                f"teacher{i + 1}",
+                t.train.epochs if t.train is not None else 0,
+                lambda job, i=i: self.resolve(job, i),  # type: ignore[misc]
+                timing="teacher",
+            )
+            for i, t in enumerate(spec.teachers)
+        ]
+
+    def resolve(self, job: JobState, i: int) -> None:
+        spec = job.spec
+        assert spec.teachers is not None
+        settings = spec.multi_teacher or MultiTeacherSpec()
+        layers = job.method.teacher_layers() if i == settings.feature_teacher else []
+        model, history = resolve_teacher(
+            job,
+            without_weight(spec.teachers[i]),
+            layers,
+            field=f"teachers.{i}",
+            stage=f"teacher{i + 1}",
+        )
+        members = job.scratch.setdefault(self.name, [])
+        members.append((model, history))
+        if len(members) < len(spec.teachers):
+            return
+        needs_features = bool(job.method.teacher_layers())
+        ensemble = build(spec, [m for m, _ in members], job.method.hparams, needs_features)
+        mode = "train" if any(t.mode == "train" for t in spec.teachers) else "eval"
+        job.teaching = Teaching(ensemble, mode, cache=ensemble.combine == "average")
+        job.upstream = [*spec.teachers, settings]
+        job.scratch[f"{self.name}.ensemble"] = ensemble
+
+    def report(self, job: JobState) -> dict[str, Any]:
+        members = job.scratch[self.name]
+        summaries = [job.figures(m) for m, _ in members]
+        ensemble = job.scratch[f"{self.name}.ensemble"]
+        averaged = job.accuracy(ensemble) if ensemble.combine == "average" else None
+        histories = [h for _, h in members]
+        return {"teacher": report_section(job.spec, summaries, histories, averaged)}

@@ -11,15 +11,14 @@ like the student (`student.kwargs`, `student.checkpoint`, `student.output`) with
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from kdcore import evaluate
-from kdcore.data.dataset import Dataset
-from kdcore.errors import InputError
-from kdcore.methods.base import Method
-from kdcore.methods.dml import DeepMutualLearning
+from kdcore.build import build_student
+from kdcore.methods.dml import DMLParams
+from kdcore.schemes.base import FieldErrors, JobState, StudentScheme, register
 from kdcore.spec import JobSpec
 
 
@@ -36,51 +35,50 @@ class PeerGroup(nn.Module):
         return outputs[self.lead]
 
 
-def is_mutual(method: Method) -> bool:
-    return isinstance(method, DeepMutualLearning)
+@register("dml")
+class MutualLearning(StudentScheme):
+    name: ClassVar[str] = "dml"
 
+    def validate(self, spec: JobSpec) -> FieldErrors:
+        """DML trains its own peers; it is not a link of a teacher-assistant chain nor a
+        generation."""
+        errors: FieldErrors = []
+        if spec.assistants:
+            errors.append(("assistants", "method dml trains peers, not a chain; remove assistants"))
+        if spec.generations > 1:
+            errors.append(("generations", "method dml trains peers, not generations; use 1"))
+        return errors
 
-def check_spec(spec: JobSpec, method: Method) -> None:
-    """DML trains its own peers; it is not a link of a teacher-assistant chain nor a generation."""
-    if not is_mutual(method):
-        return
-    if spec.assistants:
-        raise InputError("assistants", "method dml trains peers, not a chain; remove assistants")
-    if spec.generations > 1:
-        raise InputError("generations", "method dml trains peers, not generations; use 1")
+    def build_trainee(self, job: JobState) -> PeerGroup:
+        spec, p = job.spec, self.params(job.spec)
+        peers = []
+        for k in range(p.peers):
+            train = spec.train.model_copy(update={"seed": spec.train.seed + k})
+            peers.append(build_student(spec.model_copy(update={"train": train}), job.data))
+        return PeerGroup(peers, p.export if isinstance(p.export, int) else 0)
 
-
-def build_group(spec: JobSpec, data: Dataset, method: Method) -> PeerGroup:
-    from kdcore.pipeline import build_student  # the pipeline imports this module
-
-    assert isinstance(method, DeepMutualLearning)
-    p = method.hparams
-    peers = []
-    for k in range(p.peers):
-        train = spec.train.model_copy(update={"seed": spec.train.seed + k})
-        peers.append(build_student(spec.model_copy(update={"train": train}), data))
-    return PeerGroup(peers, p.export if isinstance(p.export, int) else 0)
-
-
-@dataclasses.dataclass
-class Chosen:
-    model: nn.Module
-    index: int
-    accuracies: list[float]
-
-    def report_section(self) -> dict:
-        return {
-            "count": len(self.accuracies),
-            "exported": self.index,
-            "accuracies": [round(a, 4) for a in self.accuracies],
+    def extract_student(self, job: JobState, trainee: nn.Module) -> nn.Module:
+        """The peer to export: `method.export`, or the best on the evaluation split (the first
+        among equals)."""
+        assert isinstance(trainee, PeerGroup)
+        data = job.data
+        accuracies = [
+            evaluate.accuracy(peer.cpu(), data.x_val, data.y_val) for peer in trainee.peers
+        ]
+        export = self.params(job.spec).export
+        index = export if isinstance(export, int) else accuracies.index(max(accuracies))
+        job.scratch[self.name] = {
+            "count": len(accuracies),
+            "exported": index,
+            "accuracies": [round(a, 4) for a in accuracies],
         }
+        return trainee.peers[index]
 
+    def report(self, job: JobState) -> dict[str, Any]:
+        return {"peers": job.scratch[self.name]}
 
-def choose_peer(group: PeerGroup, data: Dataset, method: Method) -> Chosen:
-    """The peer to export: `method.export`, or the best on the validation split (the first
-    among equals)."""
-    assert isinstance(method, DeepMutualLearning)
-    accuracies = [evaluate.accuracy(peer.cpu(), data.x_val, data.y_val) for peer in group.peers]
-    export = method.hparams.export
-    index = export if isinstance(export, int) else accuracies.index(max(accuracies))
-    return Chosen(group.peers[index], index, accuracies)
+    @staticmethod
+    def params(spec: JobSpec) -> DMLParams:
+        p = spec.method.params()
+        assert isinstance(p, DMLParams)
+        return p

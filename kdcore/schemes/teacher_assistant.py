@@ -6,27 +6,23 @@ from the model before it (the teacher, as the distill stage would use it, or ass
 frozen in eval mode), and the student then learns from the last assistant. The links are the
 stages `assistant1`, `assistant2`, ...; each is checkpointed under a fingerprint of everything
 upstream of it (teacher(s), earlier assistants, data, train, method), so a resumed job skips the
-finished links and a changed upstream retrains them. With no assistants the chain is empty and
-the student learns from the teacher exactly as in plain distillation.
+finished links and a changed upstream retrains them. With no assistants the scheme does not
+apply and the student learns from the teacher exactly as in plain distillation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from pydantic import BaseModel
-from torch import Tensor, nn
+from torch import nn
 
-from kdcore.callbacks import Callbacks
-from kdcore.checkpoint import CheckpointStore
-from kdcore.data.dataset import Dataset
+from kdcore.build import build_arch, build_assistants, fingerprint
 from kdcore.errors import InputError
 from kdcore.features import check_layers
-from kdcore.methods import registry as methods
-from kdcore.methods.base import Method
+from kdcore.schemes.base import JobState, Scheme, Stage, register
 from kdcore.spec import AssistantSpec, JobSpec
-from kdcore.train import Augment, FitResult, fit, freeze
+from kdcore.train import FitResult, Teaching, fit, freeze
 
 
 @dataclass
@@ -38,73 +34,67 @@ class Link:
     result: FitResult
 
 
-@dataclass
-class ChainEnd:
-    """Who teaches the student: the last assistant (or the teacher when there is none), with
-    the mode and caching the student's stage uses for it."""
+@register("teacher_assistant")
+class TeacherAssistants(Scheme):
+    name: ClassVar[str] = "teacher_assistant"
+    order: ClassVar[int] = 30
 
-    teacher: nn.Module | None
-    mode: str
-    cache: bool
-    links: list[Link]
+    def applies(self, spec: JobSpec) -> bool:
+        return bool(spec.assistants)
 
+    def plan(self, spec: JobSpec) -> list[Stage]:
+        return [
+            Stage(
+                f"assistant{i + 1}",
+                spec.train.epochs,
+                lambda job, i=i: self.train_link(job, i),  # type: ignore[misc]
+                timing="assistants",
+            )
+            for i in range(len(spec.assistants))
+        ]
 
-def check_assistant_layers(
-    assistants: Sequence[nn.Module], method: Method, example: Tensor
-) -> None:
-    """An assistant is the student of one link and the teacher of the next, so a feature method
-    needs both its student and its teacher layers on every assistant; checked before training."""
-    for i, model in enumerate(assistants):
-        for role, layers in (
-            ("student_layers", method.student_layers()),
-            ("teacher_layers", method.teacher_layers()),
-        ):
-            try:
-                check_layers(model, layers, f"method.{role}", example)
-            except InputError as exc:
-                raise InputError(
-                    f"assistants.{i}.arch",
-                    f"an assistant is taught and then teaches, so it needs the layers "
-                    f"method.{role} names: {exc.message}",
-                ) from None
+    def check(self, job: JobState) -> None:
+        """An assistant is the student of one link and the teacher of the next, so a feature
+        method needs both its student and its teacher layers on every assistant."""
+        example = job.data.x_train[:2]
+        method = job.method
+        for i, model in enumerate(build_assistants(job.spec, job.data)):
+            for role, layers in (
+                ("student_layers", method.student_layers()),
+                ("teacher_layers", method.teacher_layers()),
+            ):
+                try:
+                    check_layers(model, layers, f"method.{role}", example)
+                except InputError as exc:
+                    raise InputError(
+                        f"assistants.{i}.arch",
+                        f"an assistant is taught and then teaches, so it needs the layers "
+                        f"method.{role} names: {exc.message}",
+                    ) from None
 
-
-def train_chain(
-    spec: JobSpec,
-    data: Dataset,
-    assistants: Sequence[nn.Module],
-    teacher: nn.Module | None,
-    *,
-    teacher_mode: str,
-    cache_teacher: bool,
-    upstream: Sequence[BaseModel],
-    augment: Augment | None,
-    callbacks: Callbacks,
-    checkpoints: CheckpointStore | None,
-) -> ChainEnd:
-    """Distil each of `assistants` (built from `spec.assistants`, in order) from the model before
-    it. `teacher_mode` and `cache_teacher` apply to the real teacher; `upstream` are the spec
-    sections that shape the teacher (for the fingerprints)."""
-    from kdcore.pipeline import fingerprint  # the pipeline imports this module
-
-    end = ChainEnd(teacher, teacher_mode, cache_teacher, [])
-    parts = list(upstream)
-    for i, (entry, model) in enumerate(zip(spec.assistants, assistants, strict=True)):
-        result = fit(
-            model,
-            methods.build(spec.method.name, spec.method.model_extra),
-            data,
-            spec.train,
-            stage=f"assistant{i + 1}",
-            teacher=end.teacher,
-            augment=augment,
-            callbacks=callbacks,
-            checkpoints=checkpoints,
-            fingerprint=fingerprint(entry, spec.data, spec.train, spec.method, *parts),
-            teacher_mode=end.mode,
-            cache_teacher=end.cache,
+    def train_link(self, job: JobState, i: int) -> None:
+        """Distil assistant `i` from the model before it; it then teaches the next stage."""
+        spec = job.spec
+        entry = spec.assistants[i]
+        model = build_arch(
+            entry.arch, entry.kwargs, job.data, f"assistants.{i}.kwargs", spec.train.seed
         )
-        end.links.append(Link(entry, model, result))
-        parts.append(entry)
-        end.teacher, end.mode, end.cache = freeze(model), "eval", True
-    return end
+        parts = fingerprint(entry, spec.data, spec.train, spec.method, *job.upstream)
+        result = fit(model, job.fresh_method(), job.stage(f"assistant{i + 1}", parts))
+        job.scratch.setdefault(self.name, []).append(Link(entry, model, result))
+        job.upstream = [*job.upstream, entry]
+        job.teaching = Teaching(freeze(model), "eval", cache=True)
+
+    def report(self, job: JobState) -> dict[str, Any]:
+        return {
+            "assistants": [
+                {
+                    "arch": link.spec.arch,
+                    "kwargs": link.spec.kwargs,
+                    **job.figures(link.model),
+                    "best_accuracy": round(link.result.best_accuracy, 4),
+                    "history": link.result.history,
+                }
+                for link in job.scratch[self.name]
+            ]
+        }

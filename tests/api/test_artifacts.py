@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 from store.jobs import create_job
 from store.models import Artifact, Evaluation, JobStatus
+
+from ._reports import STUDENT, make_report
 
 CONTENT = os.urandom(10_000)
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -37,21 +39,22 @@ def job_id(app: FastAPI, db: Session, new_spec: Any) -> str:
         )
     )
     db.add(
-        Evaluation(
-            job_id=job.id,
-            teacher_accuracy=97.5,
-            student_accuracy=96.0,
-            baseline_accuracy=92.0,
-            gap=1.5,
-            teacher_params=85_000,
-            student_params=2_400,
-            compression_ratio=35.4,
-            teacher_latency_ms=0.5,
-            student_latency_ms=0.1,
-            student_size_bytes=size,
-            gate_passed=True,
-            gates={"max_gap": 3.0},
-            report={"history": [1, 2, 3]},
+        Evaluation.of(
+            job.id,
+            make_report(
+                teacher={
+                    "source": "train",
+                    "accuracy": 97.5,
+                    "params": 85_000,
+                    "size_bytes": 340_000,
+                    "latency_ms": 0.5,
+                },
+                student={**STUDENT, "params": 2_400, "size_bytes": size, "latency_ms": 0.1},
+                baseline={"accuracy": 92.0, "best_accuracy": 92.0},
+                gap=1.5,
+                compression=35.4,
+                gates={"passed": True, "checks": []},
+            ),
         )
     )
     job.status = JobStatus.succeeded
@@ -59,14 +62,18 @@ def job_id(app: FastAPI, db: Session, new_spec: Any) -> str:
     return job.id
 
 
-def test_job_lists_its_artifacts_and_evaluation(client: TestClient, job_id: str) -> None:
+def test_job_lists_its_artifacts_and_evaluation(
+    client: TestClient, db: Session, job_id: str
+) -> None:
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["evaluation"]["gap"] == 1.5 and job["evaluation"]["gate_passed"] is True
     [artifact] = job["artifacts"]
     assert artifact["format"] == "onnx" and artifact["sha256"] == SHA
     assert artifact["download_url"] == f"/v1/jobs/{job_id}/artifacts/onnx"
     assert client.get(f"/v1/jobs/{job_id}/artifacts").json() == job["artifacts"]
-    assert client.get(f"/v1/jobs/{job_id}/report").json() == {"report": {"history": [1, 2, 3]}}
+    stored = db.get(Evaluation, job_id)
+    assert stored is not None
+    assert client.get(f"/v1/jobs/{job_id}/report").json() == {"report": stored.report}
 
 
 def test_full_download(client: TestClient, job_id: str) -> None:

@@ -18,6 +18,8 @@ from store.auth import create_key, hash_key, revoke_key
 from store.models import ApiKey, Artifact, Evaluation, JobStatus
 from store.settings import Settings
 
+from ._reports import STUDENT, make_report
+
 
 def make_spec(**sections: Any) -> dict[str, Any]:
     """The small spec of the API tests, with a name of its own."""
@@ -208,20 +210,20 @@ def _succeed_with_artifact(app: FastAPI, job_id: str) -> None:
             )
         )
         s.add(
-            Evaluation(
-                job_id=job_id,
-                teacher_accuracy=97.0,
-                student_accuracy=96.0,
-                gap=1.0,
-                teacher_params=1000,
-                student_params=100,
-                compression_ratio=10.0,
-                teacher_latency_ms=0.2,
-                student_latency_ms=0.1,
-                student_size_bytes=size,
-                gate_passed=True,
-                gates={"passed": True, "checks": []},
-                report={"gap": 1.0},
+            Evaluation.of(
+                job_id,
+                make_report(
+                    teacher={
+                        "source": "train",
+                        "accuracy": 97.0,
+                        "params": 1000,
+                        "size_bytes": 4000,
+                        "latency_ms": 0.2,
+                    },
+                    student={**STUDENT, "size_bytes": size},
+                    gap=1.0,
+                    compression=10.0,
+                ),
             )
         )
         s.get(Job, job_id).status = JobStatus.succeeded

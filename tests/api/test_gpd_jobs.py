@@ -15,12 +15,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.main import create_app
-from kdcore.spec import parse_spec
+from kdcore.report import Report
+from kdcore.validation import parse_spec
 from store.auth import create_key
 from store.jobs import create_job
-from store.models import Artifact, Job, JobStatus
+from store.models import Artifact, Evaluation, Job, JobStatus
 from store.settings import Settings
-from worker.results import evaluation_row
+
+from ._reports import make_report
 
 NewSpec = Callable[..., dict[str, Any]]
 
@@ -37,7 +39,7 @@ STUDENT = {"accuracy": 90.0, "params": 438, "size_bytes": 3000, "latency_ms": 0.
 TEACHER = {"accuracy": 97.0, "params": 85_000, "size_bytes": 340_000, "latency_ms": 0.5}
 
 
-def report(teacher: dict[str, Any] | None) -> dict[str, Any]:
+def report(teacher: dict[str, Any] | None) -> Report:
     """A report as kdcore writes it for a GPD job, with or without a static teacher."""
     t = teacher["accuracy"] if teacher else None
     gaps = {
@@ -46,17 +48,17 @@ def report(teacher: dict[str, Any] | None) -> dict[str, Any]:
         "dynamic_student": 1.5,
     }
     gap = gaps["teacher_student"] if teacher else gaps["dynamic_student"]
-    return {
-        "teacher": teacher,
-        "dynamic_teacher": DYNAMIC,
-        "student": STUDENT,
-        "baseline": None,
-        "gap": gap,
-        "gap_reference": "teacher" if teacher else "dynamic_teacher",
-        "gaps": gaps,
-        "compression": round(85_000 / 438, 3) if teacher else None,
-        "gates": {"passed": True, "checks": []},
-    }
+    return make_report(
+        teacher={"source": "checkpoint", "arch": "mlp", **teacher} if teacher else None,
+        dynamic_teacher=DYNAMIC,
+        student={"arch": "convnet", "best_accuracy": 90.0, **STUDENT},
+        baseline=None,
+        gap=gap,
+        gap_reference="teacher" if teacher else "dynamic_teacher",
+        gaps=gaps,
+        compression=round(85_000 / 438, 3) if teacher else None,
+        gates={"passed": True, "checks": []},
+    )
 
 
 def gpd_spec(**sections: Any) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def finished_job(
             )
         )
     if status == JobStatus.succeeded:
-        db.add(evaluation_row(job.id, report(teacher)))
+        db.add(Evaluation.of(job.id, report(teacher)))
     job.status = status
     db.commit()
     return job.id

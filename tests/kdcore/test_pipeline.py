@@ -16,7 +16,7 @@ from kdcore.data import load_data
 from kdcore.errors import InputError
 from kdcore.models.registry import build_model
 from kdcore.pipeline import run
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 
 DATA = {
     "source": "synthetic",
@@ -61,7 +61,7 @@ def test_teacher_from_checkpoint(tmp_path: Path, trained_teacher: nn.Module) -> 
     path = tmp_path / "t.pt"
     torch.save(trained_teacher.state_dict(), path)
     t = {"arch": "convnet", "kwargs": {"channels": [4, 8]}, "checkpoint": str(path)}
-    report = run(parse_spec(spec(t)), tmp_path / "out")
+    report = run(parse_spec(spec(t)), tmp_path / "out").to_json()
     data = load_data(parse_spec(spec(t)).data)
     expected = (trained_teacher(data.x_val).argmax(1) == data.y_val).float().mean() * 100
     assert report["teacher"]["accuracy"] == pytest.approx(expected.item(), abs=1e-3)
@@ -83,8 +83,8 @@ def test_teacher_from_torchscript_and_onnx(tmp_path: Path, trained_teacher: nn.M
             input_names=["input"],
             dynamic_axes={"input": {0: "b"}},
         )
-    a = run(parse_spec(spec({"torchscript": str(ts)})), tmp_path / "a")
-    b = run(parse_spec(spec({"onnx": str(onnx)})), tmp_path / "b")
+    a = run(parse_spec(spec({"torchscript": str(ts)})), tmp_path / "a").to_json()
+    b = run(parse_spec(spec({"onnx": str(onnx)})), tmp_path / "b").to_json()
     assert a["teacher"]["accuracy"] == pytest.approx(b["teacher"]["accuracy"], abs=1e-6)
     assert a["teacher"]["params"] == sum(p.numel() for p in trained_teacher.parameters())
     assert b["teacher"]["params"] > 0 and b["teacher_cache"] is True
@@ -116,7 +116,7 @@ def test_wrong_teacher_fails_before_any_training(tmp_path: Path) -> None:
 def test_teacher_trained_in_job_sees_every_label(tmp_path: Path) -> None:
     t = {"arch": "mlp", "kwargs": {"hidden": [16]}, "train": {"epochs": 1}}
     d = dict(DATA, labeled_fraction=0.25)
-    report = run(parse_spec(spec(t, data=d)), tmp_path / "out")
+    report = run(parse_spec(spec(t, data=d)), tmp_path / "out").to_json()
     assert report["data"]["n_labeled"] == 32  # what the student sees
     assert len(report["teacher"]["history"]) == 1
 
@@ -124,15 +124,15 @@ def test_teacher_trained_in_job_sees_every_label(tmp_path: Path) -> None:
 def test_checkpoints_of_another_spec_are_not_resumed(tmp_path: Path) -> None:
     t = {"arch": "mlp", "kwargs": {"hidden": [16]}, "train": {"epochs": 2}}
     ckpt = FolderCheckpoints(tmp_path / "ckpt")
-    first = run(parse_spec(spec(t)), tmp_path / "a", checkpoints=ckpt)
+    first = run(parse_spec(spec(t)), tmp_path / "a", checkpoints=ckpt).to_json()
     # Same teacher and data, another student: the teacher stage is reused, the student is not.
     other = spec(t, student={"arch": "mlp", "kwargs": {"hidden": [12]}})
     stages = Stages()
-    second = run(parse_spec(other), tmp_path / "b", checkpoints=ckpt, callbacks=stages)
+    second = run(parse_spec(other), tmp_path / "b", checkpoints=ckpt, callbacks=stages).to_json()
     assert "teacher" not in stages.trained and "distill" in stages.trained
     assert second["teacher"]["accuracy"] == first["teacher"]["accuracy"]
     assert second["student"]["params"] != first["student"]["params"]
-    again = run(parse_spec(other), tmp_path / "c", checkpoints=ckpt)
+    again = run(parse_spec(other), tmp_path / "c", checkpoints=ckpt).to_json()
     assert again["student"]["accuracy"] == second["student"]["accuracy"]
     saved = json.loads((tmp_path / "c" / "report.json").read_text())
     assert saved["student"] == again["student"]

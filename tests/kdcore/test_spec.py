@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from kdcore.methods import registry
-from kdcore.spec import SpecError, load_spec, parse_spec
+from kdcore.spec import SpecError
+from kdcore.validation import load_spec, parse_spec
 
 
 def base() -> dict:

@@ -12,7 +12,7 @@ from kdcore.data.dataset import Dataset
 from kdcore.errors import Cancelled
 from kdcore.methods import registry
 from kdcore.spec import TrainSpec
-from kdcore.train import batches, fit
+from kdcore.train import StageContext, Teaching, batches, fit
 
 
 def tiny_data(n: int = 90, dim: int = 6, classes: int = 3) -> Dataset:
@@ -61,8 +61,20 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 
 def test_same_seed_same_weights() -> None:
     a, b = student(), student()
-    fit(a, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(), augment=noise)
-    fit(b, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher(), augment=noise)
+    fit(
+        a,
+        registry.build("kd"),
+        StageContext(
+            name="d", data=tiny_data(), train=SPEC, teacher=Teaching(teacher()), augment=noise
+        ),
+    )
+    fit(
+        b,
+        registry.build("kd"),
+        StageContext(
+            name="d", data=tiny_data(), train=SPEC, teacher=Teaching(teacher()), augment=noise
+        ),
+    )
     assert_same_weights(a, b)
 
 
@@ -85,11 +97,9 @@ def test_resume_equals_uninterrupted(tmp_path: Path, augment) -> None:
     full = fit(
         whole,
         registry.build("kd"),
-        tiny_data(),
-        SPEC,
-        stage="d",
-        teacher=teacher(),
-        augment=augment,
+        StageContext(
+            name="d", data=tiny_data(), train=SPEC, teacher=Teaching(teacher()), augment=augment
+        ),
     )
 
     ckpt = FolderCheckpoints(tmp_path)
@@ -97,13 +107,15 @@ def test_resume_equals_uninterrupted(tmp_path: Path, augment) -> None:
         fit(
             student(),
             registry.build("kd"),
-            tiny_data(),
-            SPEC,
-            stage="d",
-            teacher=teacher(),
-            augment=augment,
-            callbacks=CrashAfter(2),
-            checkpoints=ckpt,
+            StageContext(
+                name="d",
+                data=tiny_data(),
+                train=SPEC,
+                teacher=Teaching(teacher()),
+                augment=augment,
+                callbacks=CrashAfter(2),
+                checkpoints=ckpt,
+            ),
         )
     assert ckpt.path("d").exists()
     # A new process: fresh (even differently initialised) model, same spec and checkpoints.
@@ -111,12 +123,14 @@ def test_resume_equals_uninterrupted(tmp_path: Path, augment) -> None:
     res = fit(
         resumed,
         registry.build("kd"),
-        tiny_data(),
-        SPEC,
-        stage="d",
-        teacher=teacher(),
-        augment=augment,
-        checkpoints=ckpt,
+        StageContext(
+            name="d",
+            data=tiny_data(),
+            train=SPEC,
+            teacher=Teaching(teacher()),
+            augment=augment,
+            checkpoints=ckpt,
+        ),
     )
     assert res.resumed_from_epoch == 2
     assert [r.train_loss for r in res.history] == [r.train_loss for r in full.history]
@@ -126,24 +140,34 @@ def test_resume_equals_uninterrupted(tmp_path: Path, augment) -> None:
 def test_finished_stage_is_not_retrained(tmp_path: Path) -> None:
     ckpt = FolderCheckpoints(tmp_path)
     first = student()
-    fit(first, registry.build("ce"), tiny_data(), SPEC, stage="s", checkpoints=ckpt)
+    fit(
+        first,
+        registry.build("ce"),
+        StageContext(name="s", data=tiny_data(), train=SPEC, checkpoints=ckpt),
+    )
     again = student(seed=5)
-    res = fit(again, registry.build("ce"), tiny_data(), SPEC, stage="s", checkpoints=ckpt)
+    res = fit(
+        again,
+        registry.build("ce"),
+        StageContext(name="s", data=tiny_data(), train=SPEC, checkpoints=ckpt),
+    )
     assert res.resumed_from_epoch == SPEC.epochs and len(res.history) == SPEC.epochs
     assert_same_weights(first, again)
 
 
 def test_teacher_cache_gives_the_same_training() -> None:
     cached, live = student(), student()
-    a = fit(cached, registry.build("kd"), tiny_data(), SPEC, stage="d", teacher=teacher())
+    a = fit(
+        cached,
+        registry.build("kd"),
+        StageContext(name="d", data=tiny_data(), train=SPEC, teacher=Teaching(teacher())),
+    )
     b = fit(
         live,
         registry.build("kd"),
-        tiny_data(),
-        SPEC,
-        stage="d",
-        teacher=teacher(),
-        cache_teacher=False,
+        StageContext(
+            name="d", data=tiny_data(), train=SPEC, teacher=Teaching(teacher(), cache=False)
+        ),
     )
     assert a.teacher_cache_used and not b.teacher_cache_used
     for ra, rb in zip(a.history, b.history, strict=True):
@@ -156,11 +180,9 @@ def test_augmentation_disables_cache() -> None:
     res = fit(
         student(),
         registry.build("kd"),
-        tiny_data(),
-        SPEC,
-        stage="d",
-        teacher=teacher(),
-        augment=noise,
+        StageContext(
+            name="d", data=tiny_data(), train=SPEC, teacher=Teaching(teacher()), augment=noise
+        ),
     )
     assert not res.teacher_cache_used
 
@@ -171,11 +193,7 @@ def test_teacher_stays_frozen() -> None:
     fit(
         student(),
         registry.build("kd"),
-        tiny_data(),
-        SPEC,
-        stage="d",
-        teacher=t,
-        cache_teacher=False,
+        StageContext(name="d", data=tiny_data(), train=SPEC, teacher=Teaching(t, cache=False)),
     )
     assert not t.training
     assert all(not p.requires_grad and p.grad is None for p in t.parameters())
@@ -185,7 +203,7 @@ def test_teacher_stays_frozen() -> None:
 
 def test_training_learns_and_records_history() -> None:
     spec = SPEC.model_copy(update={"epochs": 15})
-    res = fit(student(), registry.build("ce"), tiny_data(), spec, stage="s")
+    res = fit(student(), registry.build("ce"), StageContext(name="s", data=tiny_data(), train=spec))
     assert [r.epoch for r in res.history] == list(range(1, 16))
     assert res.history[-1].train_loss < res.history[0].train_loss
     assert res.best_accuracy > 60  # three well-separated classes; chance is 33%
@@ -205,7 +223,11 @@ class CancelAt(Callbacks):
 def test_cancel_stops_at_a_batch_boundary() -> None:
     cb = CancelAt(step=6)
     with pytest.raises(Cancelled, match="epoch 2, step 1"):
-        fit(student(), registry.build("ce"), tiny_data(), SPEC, stage="s", callbacks=cb)
+        fit(
+            student(),
+            registry.build("ce"),
+            StageContext(name="s", data=tiny_data(), train=SPEC, callbacks=cb),
+        )
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
@@ -218,7 +240,7 @@ def test_optimizers_and_schedules_run(opt: str, sched: str) -> None:
         optimizer={"name": opt, "lr": 0.01, "weight_decay": 0.01},
         scheduler={"name": sched, "step_size": 1, "gamma": 0.5},
     )
-    res = fit(student(), registry.build("ce"), tiny_data(), spec, stage="s")
+    res = fit(student(), registry.build("ce"), StageContext(name="s", data=tiny_data(), train=spec))
     if sched == "step":
         assert res.history[1].lr == pytest.approx(0.005)
     if sched == "none":

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 from store import jobs
 from store.db import make_engine, session_factory
 from store.models import Job, JobStatus, utcnow

@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine, select, update
 
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 from store.blobs import BlobStore
 from store.db import make_engine, session_scope
 from store.jobs import create_job

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import kdcore.pipeline
+import kdcore.build
 from store.blobs import BlobStore
 from store.models import Artifact, Evaluation, JobEvent, JobStatus
 from worker.runner import Outcome
@@ -93,13 +93,13 @@ def test_finetune_starts_from_an_earlier_jobs_safetensors(
     (weights,) = [a for a in jobs.rows(Artifact, first) if a.format == "safetensors"]
 
     loaded: list[tuple[str, str]] = []
-    real = kdcore.pipeline.load_state_dict_file
+    real = kdcore.build.load_state_dict_file
 
     def spy(path: str | Path, field: str = "checkpoint") -> Any:
         loaded.append((field, hashlib.sha256(Path(path).read_bytes()).hexdigest()))
         return real(path, field)
 
-    monkeypatch.setattr(kdcore.pipeline, "load_state_dict_file", spy)
+    monkeypatch.setattr(kdcore.build, "load_state_dict_file", spy)
     ref = f"job:{first}"
     spec = gpd_spec(
         "second",

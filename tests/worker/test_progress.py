@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 from worker.inputs import public_message, safe_filename
 from worker.progress import ProgressModel, stage_weights
 

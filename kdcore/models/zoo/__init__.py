@@ -1,5 +1,2 @@
-"""The architecture zoo; importing a module runs its `@register` lines."""
-
-from kdcore.models.zoo import convnets, mlp, mobilenet, resnet, vit, wrn
-
-__all__ = ["convnets", "mlp", "mobilenet", "resnet", "vit", "wrn"]
+"""The architecture zoo: one module per family, each architecture one `@register` line
+(`kdcore.models.registry` imports every module here)."""

@@ -22,8 +22,9 @@ from kdcore.methods import registry
 from kdcore.models.registry import build_model
 from kdcore.schemes.gpd import expand
 from kdcore.schemes.gpd.trainee import GPDTrainee
-from kdcore.spec import SpecError, TrainSpec, load_spec, parse_spec
-from kdcore.train import fit
+from kdcore.spec import SpecError, TrainSpec
+from kdcore.train import StageContext, fit
+from kdcore.validation import load_spec, parse_spec
 
 TEACHER = {"arch": "convnet", "kwargs": {"channels": [16, 32]}, "train": {"epochs": 1}}
 STUDENT = {"arch": "convnet", "kwargs": {"channels": [4, 8]}}
@@ -182,26 +183,25 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
                 raise Crash
 
     whole = trainee()
-    fit(whole, registry.build("gpd", {"scenario": "scratch"}), data, train, stage="d")
+    fit(
+        whole,
+        registry.build("gpd", {"scenario": "scratch"}),
+        StageContext(name="d", data=data, train=train),
+    )
     ckpt = FolderCheckpoints(tmp_path / "ckpt")
     with pytest.raises(Crash):
         fit(
             trainee(),
             registry.build("gpd", {"scenario": "scratch"}),
-            data,
-            train,
-            stage="d",
-            callbacks=CrashAfterFirst(),
-            checkpoints=ckpt,
+            StageContext(
+                name="d", data=data, train=train, callbacks=CrashAfterFirst(), checkpoints=ckpt
+            ),
         )
     resumed = trainee()
     res = fit(
         resumed,
         registry.build("gpd", {"scenario": "scratch"}),
-        data,
-        train,
-        stage="d",
-        checkpoints=ckpt,
+        StageContext(name="d", data=data, train=train, checkpoints=ckpt),
     )
     assert res.resumed_from_epoch == 1
     a, b = whole.state_dict(), resumed.state_dict()

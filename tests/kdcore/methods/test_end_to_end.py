@@ -20,7 +20,7 @@ from kdcore.evaluate import accuracy
 from kdcore.export import load_safetensors_student
 from kdcore.methods import registry
 from kdcore.pipeline import run
-from kdcore.spec import load_spec, parse_spec
+from kdcore.validation import load_spec, parse_spec
 
 CONV_TEACHER = {
     "arch": "convnet",

@@ -14,7 +14,8 @@ from kdcore.methods.cc import cc_pair_loss
 from kdcore.methods.dkd import dkd_parts
 from kdcore.methods.rkd import rkd_pair_losses
 from kdcore.methods.sp import sp_pair_loss
-from kdcore.spec import SpecError, parse_spec
+from kdcore.spec import SpecError
+from kdcore.validation import parse_spec
 
 D = torch.float64
 

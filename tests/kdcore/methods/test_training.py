@@ -17,7 +17,7 @@ from kdcore.methods import registry
 from kdcore.methods.base import StepOutputs
 from kdcore.models.registry import build_model
 from kdcore.spec import TrainSpec
-from kdcore.train import _attach_feature_hooks, fit
+from kdcore.train import StageContext, Teaching, _attach_feature_hooks, fit
 
 SHAPE = (1, 8, 8)
 BLOCKS = {"student_layers": ["block1", "block2"], "teacher_layers": ["block1", "block2"]}
@@ -125,7 +125,11 @@ def test_fitnets_regressor_is_trained_checkpointed_and_resumed(tmp_path: Path) -
     params = {**BLOCKS, "beta": 10.0}
     student, teacher = models("fitnets")
     whole = registry.build("fitnets", params)
-    full = fit(student, whole, tiny_images(), SPEC, stage="d", teacher=teacher)
+    full = fit(
+        student,
+        whole,
+        StageContext(name="d", data=tiny_images(), train=SPEC, teacher=Teaching(teacher)),
+    )
     assert not full.teacher_cache_used  # teacher features are needed live
 
     ckpt = FolderCheckpoints(tmp_path)
@@ -134,17 +138,25 @@ def test_fitnets_regressor_is_trained_checkpointed_and_resumed(tmp_path: Path) -
         fit(
             s1,
             registry.build("fitnets", params),
-            tiny_images(),
-            SPEC,
-            stage="d",
-            teacher=t1,
-            callbacks=CrashAfter(2),
-            checkpoints=ckpt,
+            StageContext(
+                name="d",
+                data=tiny_images(),
+                train=SPEC,
+                teacher=Teaching(t1),
+                callbacks=CrashAfter(2),
+                checkpoints=ckpt,
+            ),
         )
     s2, t2 = models("fitnets")
     torch.manual_seed(1234)  # a new process: its fresh regressor starts elsewhere
     resumed = registry.build("fitnets", params)
-    res = fit(s2, resumed, tiny_images(), SPEC, stage="d", teacher=t2, checkpoints=ckpt)
+    res = fit(
+        s2,
+        resumed,
+        StageContext(
+            name="d", data=tiny_images(), train=SPEC, teacher=Teaching(t2), checkpoints=ckpt
+        ),
+    )
     assert res.resumed_from_epoch == 2
     assert [r.train_loss for r in res.history] == [r.train_loss for r in full.history]
     for mine, theirs in ((student, s2), (whole, resumed)):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from kdcore.methods import registry
 from kdcore.methods.base import StepOutputs
 from kdcore.pipeline import run
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 
 from ._helpers import assert_student_loads_back, job
 
@@ -67,7 +67,7 @@ def test_discriminator_and_student_get_gradients_teacher_none() -> None:
 
 def test_adversarial_job_runs_and_exports_a_student_that_loads_back(tmp_path: Path) -> None:
     spec = parse_spec(job("adv", method={"name": "adversarial", "hidden": 16}))
-    report = run(spec, tmp_path)
+    report = run(spec, tmp_path).to_json()
     assert report["method"]["name"] == "adversarial"
     assert_student_loads_back(spec, tmp_path, report)
 
@@ -81,7 +81,7 @@ def test_resume_equals_uninterrupted_with_the_lazy_discriminator(tmp_path: Path)
     from kdcore.checkpoint import FolderCheckpoints
     from kdcore.data.dataset import Dataset
     from kdcore.spec import TrainSpec
-    from kdcore.train import fit
+    from kdcore.train import StageContext, Teaching, fit
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(60, 5, generator=g), torch.randint(0, 3, (60,), generator=g)
@@ -106,22 +106,34 @@ def test_resume_equals_uninterrupted_with_the_lazy_discriminator(tmp_path: Path)
 
     whole_method = registry.build("adversarial")
     whole = student()
-    fit(whole, whole_method, data, spec, stage="d", teacher=teacher())
+    fit(
+        whole,
+        whole_method,
+        StageContext(name="d", data=data, train=spec, teacher=Teaching(teacher())),
+    )
     ckpt = FolderCheckpoints(tmp_path)
     with pytest.raises(Crash):
         fit(
             student(),
             registry.build("adversarial"),
-            data,
-            spec,
-            stage="d",
-            teacher=teacher(),
-            callbacks=CrashAfterFirst(),
-            checkpoints=ckpt,
+            StageContext(
+                name="d",
+                data=data,
+                train=spec,
+                teacher=Teaching(teacher()),
+                callbacks=CrashAfterFirst(),
+                checkpoints=ckpt,
+            ),
         )
     resumed_method = registry.build("adversarial")
     resumed = student()
-    res = fit(resumed, resumed_method, data, spec, stage="d", teacher=teacher(), checkpoints=ckpt)
+    res = fit(
+        resumed,
+        resumed_method,
+        StageContext(
+            name="d", data=data, train=spec, teacher=Teaching(teacher()), checkpoints=ckpt
+        ),
+    )
     assert res.resumed_from_epoch == 1
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k

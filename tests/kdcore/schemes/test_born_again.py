@@ -10,7 +10,8 @@ import pytest
 from kdcore.checkpoint import FolderCheckpoints
 from kdcore.errors import InputError
 from kdcore.pipeline import run
-from kdcore.spec import SpecError, parse_spec
+from kdcore.spec import SpecError
+from kdcore.validation import parse_spec
 
 from ._helpers import Stages, assert_student_loads_back, job
 
@@ -19,7 +20,7 @@ def test_generations_run_report_export_and_extend_from_checkpoints(tmp_path: Pat
     store = FolderCheckpoints(tmp_path / "ckpt")
     stages = Stages()
     spec = parse_spec(job("ban", generations=2))
-    report = run(spec, tmp_path / "a", callbacks=stages, checkpoints=store)
+    report = run(spec, tmp_path / "a", callbacks=stages, checkpoints=store).to_json()
     assert stages.trained == ["teacher", "distill", "generation2", "evaluate", "export"]
     gens = report["generations"]
     assert [g["generation"] for g in gens] == [1, 2]
@@ -32,13 +33,13 @@ def test_generations_run_report_export_and_extend_from_checkpoints(tmp_path: Pat
 
     # One more generation on the same checkpoints trains only the new one.
     more = Stages()
-    third = run(parse_spec(job("ban", generations=3)), tmp_path / "b", more, store)
+    third = run(parse_spec(job("ban", generations=3)), tmp_path / "b", more, store).to_json()
     assert more.trained == ["generation3", "evaluate", "export"]
     assert [g["accuracy"] for g in third["generations"][:2]] == [g["accuracy"] for g in gens]
 
 
 def test_one_generation_is_plain_distillation(tmp_path: Path) -> None:
-    report = run(parse_spec(job("kd")), tmp_path)
+    report = run(parse_spec(job("kd")), tmp_path).to_json()
     assert parse_spec(job("kd")).generations == 1
     assert [g["generation"] for g in report["generations"]] == [1]
     assert report["generations"][0]["accuracy"] == report["student"]["accuracy"]

@@ -15,7 +15,7 @@ from kdcore.methods import registry
 from kdcore.methods.base import StepOutputs
 from kdcore.models.registry import build_model
 from kdcore.pipeline import run
-from kdcore.spec import parse_spec
+from kdcore.validation import parse_spec
 
 from ._helpers import assert_student_loads_back, job
 
@@ -121,7 +121,7 @@ def test_bad_stage_names_and_duplicates_are_spec_errors(tmp_path: Path) -> None:
 
 def test_byot_job_runs_and_exports_the_plain_student(tmp_path: Path) -> None:
     spec = parse_spec(job("byot", student={"arch": "resnet8"}, method=RESNET_BYOT))
-    report = run(spec, tmp_path)
+    report = run(spec, tmp_path).to_json()
     assert report["method"]["name"] == "byot"
     assert report["teacher_cache"] is False
     assert math.isfinite(report["history"][0]["train_loss"])
@@ -141,7 +141,7 @@ def test_resume_equals_uninterrupted_with_the_heads(tmp_path: Path) -> None:
     from kdcore.checkpoint import FolderCheckpoints
     from kdcore.data.dataset import Dataset
     from kdcore.spec import TrainSpec
-    from kdcore.train import fit
+    from kdcore.train import StageContext, fit
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(48, 1, 8, 8, generator=g), torch.randint(0, 3, (48,), generator=g)
@@ -162,20 +162,20 @@ def test_resume_equals_uninterrupted_with_the_heads(tmp_path: Path) -> None:
                 raise Crash
 
     whole_method, whole = registry.build("byot", params), student()
-    fit(whole, whole_method, data, spec, stage="d")
+    fit(whole, whole_method, StageContext(name="d", data=data, train=spec))
     ckpt = FolderCheckpoints(tmp_path)
     with pytest.raises(Crash):
         fit(
             student(),
             registry.build("byot", params),
-            data,
-            spec,
-            stage="d",
-            callbacks=CrashAfterFirst(),
-            checkpoints=ckpt,
+            StageContext(
+                name="d", data=data, train=spec, callbacks=CrashAfterFirst(), checkpoints=ckpt
+            ),
         )
     resumed_method, resumed = registry.build("byot", params), student()
-    res = fit(resumed, resumed_method, data, spec, stage="d", checkpoints=ckpt)
+    res = fit(
+        resumed, resumed_method, StageContext(name="d", data=data, train=spec, checkpoints=ckpt)
+    )
     assert res.resumed_from_epoch == 1
     for a, b in ((whole, resumed), (whole_method, resumed_method)):
         sa, sb = a.state_dict(), b.state_dict()

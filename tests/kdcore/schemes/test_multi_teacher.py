@@ -17,8 +17,9 @@ from kdcore.methods.base import StepOutputs
 from kdcore.models.registry import build_model
 from kdcore.pipeline import run
 from kdcore.schemes.multi_teacher import TeacherEnsemble
-from kdcore.spec import DataSpec, SpecError, TrainSpec, parse_spec
-from kdcore.train import fit
+from kdcore.spec import DataSpec, SpecError, TrainSpec
+from kdcore.train import StageContext, Teaching, fit
+from kdcore.validation import parse_spec
 
 from ._helpers import STUDENT, TEACHER, assert_student_loads_back, job
 
@@ -77,12 +78,13 @@ def test_random_scheme_resumes_to_the_same_weights(tmp_path: Path) -> None:
         fit(
             student,
             methods.build("kd"),
-            data,
-            spec,
-            stage="d",
-            teacher=ens,
-            checkpoints=store,
-            cache_teacher=False,
+            StageContext(
+                name="d",
+                data=data,
+                train=spec,
+                teacher=Teaching(ens, cache=False),
+                checkpoints=store,
+            ),
         )
         return student
 
@@ -95,9 +97,9 @@ def test_random_scheme_resumes_to_the_same_weights(tmp_path: Path) -> None:
 
 
 def test_two_identical_teachers_equal_one_teacher_through_the_pipeline(tmp_path: Path) -> None:
-    single = run(parse_spec(job("one")), tmp_path / "one")
+    single = run(parse_spec(job("one")), tmp_path / "one").to_json()
     spec = parse_spec(job("two", teacher=None, teachers=[TEACHER, {**TEACHER, "weight": 2.0}]))
-    double = run(spec, tmp_path / "two")
+    double = run(spec, tmp_path / "two").to_json()
     assert double["student"]["accuracy"] == pytest.approx(single["student"]["accuracy"], abs=0.3)
     assert double["history"][0]["train_loss"] == pytest.approx(
         single["history"][0]["train_loss"], rel=1e-4
@@ -128,7 +130,7 @@ def test_random_multi_teacher_job_with_feature_teacher(tmp_path: Path) -> None:
             },
         )
     )
-    report = run(spec, tmp_path)
+    report = run(spec, tmp_path).to_json()
     best = report["teacher"]["best"]
     members = report["teacher"]["members"]
     assert report["teacher"]["accuracy"] == max(m["accuracy"] for m in members)
@@ -198,7 +200,7 @@ def test_multi_teacher_through_distill_run(tmp_path: Path) -> None:
 
 
 def test_multi_teacher_example_is_a_valid_spec() -> None:
-    from kdcore.spec import load_spec
+    from kdcore.validation import load_spec
 
     examples = Path(__file__).resolve().parents[3] / "examples"
     spec = load_spec(examples / "digits-multi-teacher.yaml")

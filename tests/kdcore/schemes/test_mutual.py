@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcore.errors import InputError
 from kdcore.methods import registry
 from kdcore.methods.base import StepOutputs
 from kdcore.pipeline import run
 from kdcore.schemes.mutual import PeerGroup
-from kdcore.spec import SpecError, parse_spec
+from kdcore.spec import SpecError
+from kdcore.validation import parse_spec
 
 from ._helpers import assert_student_loads_back, job
 
@@ -75,7 +75,7 @@ def test_gradients_reach_every_peer_through_the_group() -> None:
 
 def test_dml_job_exports_the_best_peer_that_loads_back(tmp_path: Path) -> None:
     spec = parse_spec(job("dml", method={"name": "dml", "peers": 2}))
-    report = run(spec, tmp_path)
+    report = run(spec, tmp_path).to_json()
     peers = report["peers"]
     assert peers["count"] == 2 and len(peers["accuracies"]) == 2
     assert peers["accuracies"][peers["exported"]] == max(peers["accuracies"])
@@ -85,11 +85,11 @@ def test_dml_job_exports_the_best_peer_that_loads_back(tmp_path: Path) -> None:
 
 
 def test_dml_named_peer_and_errors(tmp_path: Path) -> None:
-    report = run(parse_spec(job("dml", method={"name": "dml", "export": 1})), tmp_path)
+    report = run(parse_spec(job("dml", method={"name": "dml", "export": 1})), tmp_path).to_json()
     assert report["peers"]["exported"] == 1
     with pytest.raises(SpecError) as exc:
         parse_spec(job("dml", method={"name": "dml", "peers": 2, "export": 2}))
     assert exc.value.errors[0][0] == "method.export"
-    with pytest.raises(InputError) as err:
-        run(parse_spec(job("dml", method={"name": "dml"}, generations=2)), tmp_path / "g")
-    assert err.value.field == "generations"
+    with pytest.raises(SpecError) as err:  # at submit now, before anything trains
+        parse_spec(job("dml", method={"name": "dml"}, generations=2))
+    assert err.value.errors[0][0] == "generations"

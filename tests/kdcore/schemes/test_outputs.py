@@ -14,7 +14,8 @@ from kdcore.errors import InputError
 from kdcore.models import registry as zoo
 from kdcore.models.outputs import LogitsOutput, select_logits, with_logits
 from kdcore.pipeline import run
-from kdcore.spec import SpecError, parse_spec
+from kdcore.spec import SpecError
+from kdcore.validation import parse_spec
 
 from ._helpers import STUDENT, assert_student_loads_back, job
 
@@ -103,7 +104,7 @@ def test_torchscript_teacher_with_tuple_or_dict_output_runs_a_job(
     if output is not None:
         teacher["output"] = output
     spec = parse_spec(job("ts-outputs", teacher=teacher))
-    report = run(spec, tmp_path / "out")
+    report = run(spec, tmp_path / "out").to_json()
     assert report["teacher"]["accuracy"] >= 0 and report["teacher_cache"] is True
     assert_student_loads_back(spec, tmp_path / "out", report)
 
@@ -139,7 +140,7 @@ def test_student_with_dict_output_trains_exports_and_loads_back(
             export=["safetensors", "torchscript", "onnx", "torch_export"],
         )
     )
-    report = run(spec, tmp_path)
+    report = run(spec, tmp_path).to_json()
     assert {a["format"] for a in report["artifacts"]} == {
         "safetensors",
         "torchscript",

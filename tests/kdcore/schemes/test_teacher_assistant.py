@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from kdcore.checkpoint import FolderCheckpoints
 from kdcore.errors import InputError
 from kdcore.pipeline import run
-from kdcore.spec import SpecError, parse_spec
+from kdcore.spec import SpecError
+from kdcore.validation import parse_spec
 
 from ._helpers import Stages, assert_student_loads_back, job
 
@@ -23,7 +24,7 @@ def test_chain_runs_end_to_end_resumes_and_exports(tmp_path: Path) -> None:
     spec = parse_spec(job("ta", assistants=[ASSISTANT, second_assistant]))
     store = FolderCheckpoints(tmp_path / "ckpt")
     stages = Stages()
-    report = run(spec, tmp_path / "out", callbacks=stages, checkpoints=store)
+    report = run(spec, tmp_path / "out", callbacks=stages, checkpoints=store).to_json()
     chain = ["teacher", "assistant1", "assistant2", "distill"]
     assert stages.trained == [*chain, "evaluate", "export"]
     assert [a["arch"] for a in report["assistants"]] == ["convnet", "mlp"]
@@ -35,15 +36,15 @@ def test_chain_runs_end_to_end_resumes_and_exports(tmp_path: Path) -> None:
 
     # A second attempt with the same checkpoints replays every finished link without training.
     again = Stages()
-    second = run(spec, tmp_path / "out2", callbacks=again, checkpoints=store)
+    second = run(spec, tmp_path / "out2", callbacks=again, checkpoints=store).to_json()
     assert again.trained == ["evaluate", "export"]
     assert second["student"]["accuracy"] == report["student"]["accuracy"]
     assert second["assistants"][1]["accuracy"] == report["assistants"][1]["accuracy"]
 
 
 def test_no_assistants_is_plain_kd_bit_for_bit(tmp_path: Path) -> None:
-    plain = run(parse_spec(job("kd")), tmp_path / "a")
-    empty = run(parse_spec(job("kd", assistants=[])), tmp_path / "b")
+    plain = run(parse_spec(job("kd")), tmp_path / "a").to_json()
+    empty = run(parse_spec(job("kd", assistants=[])), tmp_path / "b").to_json()
     assert plain["assistants"] == empty["assistants"] == []
     a = load_file(tmp_path / "a" / "student.safetensors")
     b = load_file(tmp_path / "b" / "student.safetensors")

@@ -17,8 +17,9 @@ from kdcore.methods.base import StepOutputs
 from kdcore.methods.kd import HintonKD, KDParams
 from kdcore.models.registry import build_model
 from kdcore.pipeline import run
-from kdcore.spec import DataSpec, SpecError, TrainSpec, parse_spec
-from kdcore.train import fit, freeze
+from kdcore.spec import DataSpec, SpecError, TrainSpec
+from kdcore.train import StageContext, Teaching, fit, freeze
+from kdcore.validation import parse_spec
 
 from ._helpers import assert_student_loads_back, job
 
@@ -53,11 +54,12 @@ def test_frozen_teacher_never_gets_gradients_nor_new_statistics(mode: str) -> No
     res = fit(
         student,
         kd,
-        data,
-        TrainSpec(epochs=1, batch_size=256),
-        stage="distill",
-        teacher=teacher,
-        teacher_mode=mode,
+        StageContext(
+            name="distill",
+            data=data,
+            train=TrainSpec(epochs=1, batch_size=256),
+            teacher=Teaching(teacher, mode=mode),
+        ),
     )
     assert res.history and not res.teacher_cache_used
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
@@ -73,7 +75,11 @@ def test_train_mode_uses_batch_statistics_and_is_not_cached() -> None:
     spy = SpyKD(KDParams())
     spy.seen = []
     train = TrainSpec(epochs=1, batch_size=len(data.x_train))  # one batch: the whole set
-    res = fit(student, spy, data, train, stage="s", teacher=teacher, teacher_mode="train")
+    res = fit(
+        student,
+        spy,
+        StageContext(name="s", data=data, train=train, teacher=Teaching(teacher, mode="train")),
+    )
     assert not res.teacher_cache_used
     # What the teacher gave equals a forward with batch statistics, in the batch's order.
     reference = copy.deepcopy(teacher)
@@ -100,7 +106,7 @@ def test_train_mode_job_end_to_end(tmp_path: Path) -> None:
     from ._helpers import TEACHER
 
     spec = parse_spec(job("mode-train", teacher={**TEACHER, "mode": "train"}))
-    report = run(spec, tmp_path)
+    report = run(spec, tmp_path).to_json()
     assert report["teacher_cache"] is False
     assert report["spec"]["teacher"]["mode"] == "train"
     assert_student_loads_back(spec, tmp_path, report)

@@ -1,0 +1,133 @@
+"""`parse_spec`: every check that needs no model, in one place, run by the API at submit, by
+`distill validate` / `distill run` before anything trains, and by the worker.
+
+Beyond the shape (kdcore.spec): the method exists and its keys are valid, who teaches, the
+architectures exist, and every scheme the spec uses accepts it (`Scheme.validate`: DML or GPD
+with assistants, GPD's finetune without a checkpoint, ...). Checks that need the built model
+(layer names, whether GPD can expand it) run in the worker before any training
+(`Scheme.check`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kdcore.spec import JobSpec, SpecError, resolve_paths, spec_errors
+
+# The registries (methods, architectures, schemes) are imported where they are used: they import
+# torch, and importing this module must not (`uvicorn api.main:app` starts without it).
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a spec given as a dict; raise `SpecError` naming each bad field."""
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(spec_errors(exc)) from None
+    from kdcore.schemes import registry as schemes
+
+    errors = _method_errors(spec)
+    method_ok = not errors
+    errors += _teacher_errors(spec, method_ok and _teacher_free(spec))
+    errors += _arch_errors(spec)
+    if method_ok:  # which schemes apply depends on the method
+        for scheme in schemes.active(spec):
+            errors += scheme.validate(spec)
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a YAML or JSON spec file; relative file paths inside it resolve from its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([("(file)", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise SpecError([("(file)", f"{path} is not valid YAML/JSON: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise SpecError([("(root)", "a spec is a mapping with name, teacher, student, data, ...")])
+    return resolve_paths(parse_spec(data), path.parent)
+
+
+def _method_errors(spec: JobSpec) -> list[tuple[str, str]]:
+    from kdcore.methods import registry as methods
+
+    if spec.method.name not in methods.names():
+        known = ", ".join(methods.names())
+        return [("method.name", f"{spec.method.name!r} is not a known method; known: {known}")]
+    try:
+        methods.build(spec.method.name, spec.method.model_extra)
+    except ValidationError as exc:
+        return spec_errors(exc, ("method",))
+    return []
+
+
+def _teacher_free(spec: JobSpec) -> bool:
+    """The method trains a teacher of its own and needs no other (GPD's scratch, finetune)."""
+    from kdcore.methods import registry as methods
+
+    method = methods.build(spec.method.name, spec.method.model_extra)
+    return method.trains_own_teacher and not method.needs_teacher
+
+
+def _arch_errors(spec: JobSpec) -> list[tuple[str, str]]:
+    from kdcore.models import registry as models
+
+    archs: list[tuple[str, str | None]] = [("student.arch", spec.student.arch)]
+    if spec.teacher is not None:
+        archs.insert(0, ("teacher.arch", spec.teacher.arch))
+    archs += [(f"teachers.{i}.arch", t.arch) for i, t in enumerate(spec.teachers or [])]
+    archs += [(f"assistants.{i}.arch", a.arch) for i, a in enumerate(spec.assistants)]
+    known = models.names()
+    return [
+        (loc, f"{arch!r} is not a known architecture; known: {', '.join(known)}")
+        for loc, arch in archs
+        if arch is not None and arch not in known
+    ]
+
+
+def _teacher_errors(spec: JobSpec, teacher_free: bool = False) -> list[tuple[str, str]]:
+    """Who teaches: exactly one of teacher / teachers; none for a method that trains its own
+    teacher and needs no other (`teacher_free`: GPD's scratch and finetune scenarios)."""
+    errors: list[tuple[str, str]] = []
+    if teacher_free:
+        for field in ("teacher", "teachers"):
+            if getattr(spec, field) is not None:
+                errors.append(
+                    (
+                        field,
+                        f"method {spec.method.name} with this scenario uses no static teacher; "
+                        "remove it, or set method.scenario: teacher",
+                    )
+                )
+        return errors
+    if spec.teacher is not None and spec.teachers is not None:
+        errors.append(("teachers", "give either teacher (one) or teachers (several), not both"))
+    if spec.multi_teacher is not None and spec.teachers is None:
+        errors.append(("multi_teacher", "only used with teachers (a list of several teachers)"))
+    if spec.teachers is not None and spec.multi_teacher is not None:
+        index = spec.multi_teacher.feature_teacher
+        if index >= len(spec.teachers):
+            errors.append(
+                (
+                    "multi_teacher.feature_teacher",
+                    f"{index} is not an index of teachers (0..{len(spec.teachers) - 1})",
+                )
+            )
+    if spec.teacher is None and spec.teachers is None:
+        # Methods that need no teacher but train none of their own (tf_kd, dml, byot) still
+        # take one: the report's gap, the gates and the service's evaluation are measured to it.
+        errors.append(
+            ("teacher", "required field is missing; give teacher (one) or teachers (several)")
+        )
+    return errors
