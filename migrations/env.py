@@ -30,6 +30,14 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A batch migration recreates a table (copy, DROP, rename); with foreign keys on,
+            # SQLite's DROP TABLE deletes the rows that refer to it (ON DELETE CASCADE): the
+            # api_keys of a recreated projects table would go. The pragma only takes effect
+            # outside a transaction, so it is set before the migrations' transaction begins.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -38,6 +46,9 @@ def run_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
     engine.dispose()
 
 

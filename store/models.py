@@ -3,7 +3,8 @@
 Tables: jobs, job_events (every state change and notable message), metrics (per epoch),
 artifacts (exported students in the blob store), evaluations (accuracy gap and sizes), uploads
 (user files in the blob store); projects and api_keys (who may call the API: a job's or an
-upload's `owner` is its project's name), idempotency_keys (one job per client-chosen key),
+upload's `owner` is its project's name; a project's `quotas` override the service's limits, a
+key has a scope and may expire), idempotency_keys (one job per client-chosen key),
 webhook_deliveries (an outbox of job-end notifications). Migrations in migrations/ must match
 these models (tested).
 """
@@ -163,7 +164,8 @@ class Artifact(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     format: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(200))
-    storage_key: Mapped[str] = mapped_column(String(64))  # the blob's sha256
+    # the blob's sha256; indexed: a blob is deleted only when no row names it any more
+    storage_key: Mapped[str] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     max_abs_diff: Mapped[float] = mapped_column(Float)
@@ -245,11 +247,20 @@ class Project(Base):
     # signs this project's webhooks (overrides DISTILLERY_WEBHOOK_SECRET); kept in clear because
     # signing needs it, unlike API keys, which are only ever compared
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    # overrides of the service's quota settings (store/quotas.py): {"max_queued_jobs": 20,
+    # "max_storage_bytes": null, ...}; a name given with null means "no limit" for this project,
+    # a name left out means the service's setting
+    quotas: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     keys: Mapped[list[ApiKey]] = relationship(
         back_populates="project", order_by="ApiKey.created_at", cascade="all, delete-orphan"
     )
+
+
+class KeyScope(StrEnum):
+    read = "read"  # GET and HEAD only: dashboards, CI readers
+    write = "write"  # everything a project may do
 
 
 class ApiKey(Base):
@@ -264,8 +275,12 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, for listings
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(
+        String(8), default=KeyScope.write, server_default=KeyScope.write.value
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: never
+    last_used_at: Mapped[datetime | None]  # written at most once a minute (store/auth.py)
     revoked_at: Mapped[datetime | None]
 
     project: Mapped[Project] = relationship(back_populates="keys")

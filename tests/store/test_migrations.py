@@ -125,3 +125,47 @@ def test_0003_keeps_old_evaluations_and_downgrades(blank_url: str) -> None:
     engine.dispose()
     _alembic(blank_url, "upgrade", "head")
     assert diff(blank_url) == []
+
+
+def test_0004_keeps_keys_working_and_a_downgrade_revokes_what_0003_cannot_limit(
+    blank_url: str,
+) -> None:
+    """0003 → 0004: existing keys become write keys that never expire; a project gets no quota
+    overrides. Back to 0003, read-only and expiring keys are revoked (0003 would let them do
+    everything forever), the others stay as they were."""
+    _alembic(blank_url, "upgrade", "0003")
+    engine = make_engine(blank_url)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO projects (id, name, created_at) VALUES ('p', 'team', :at)"),
+            {"at": now},
+        )
+        for key_id in ("old", "ro", "exp"):
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, project_id, name, prefix, key_hash, created_at) "
+                    "VALUES (:id, 'p', '', 'dk_x', :hash, :at)"
+                ),
+                {"id": key_id, "hash": key_id * 8, "at": now},
+            )
+    _alembic(blank_url, "upgrade", "head")
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT id, scope, expires_at FROM api_keys ORDER BY id"))
+        assert [tuple(r) for r in rows] == [
+            ("exp", "write", None),
+            ("old", "write", None),
+            ("ro", "write", None),
+        ]
+        assert conn.execute(text("SELECT quotas FROM projects")).scalar() is None
+        conn.execute(text("UPDATE api_keys SET scope = 'read' WHERE id = 'ro'"))
+        conn.execute(text("UPDATE api_keys SET expires_at = :at WHERE id = 'exp'"), {"at": now})
+    _alembic(blank_url, "downgrade", "0003")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, revoked_at IS NOT NULL FROM api_keys ORDER BY id"))
+        assert [tuple(r) for r in rows] == [("exp", True), ("old", False), ("ro", True)]
+    columns = {c["name"] for c in inspect(engine).get_columns("api_keys")}
+    assert "scope" not in columns and "expires_at" not in columns
+    engine.dispose()
+    _alembic(blank_url, "upgrade", "head")
+    assert diff(blank_url) == []
