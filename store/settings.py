@@ -53,6 +53,28 @@ class Settings(BaseSettings):
         description="how long a worker keeps retrying a job's webhook itself before leaving the "
         "remaining attempts to the reconciler (and taking the next job)",
     )
+    # quotas per project (None: no limit); a project's own values override these
+    # (`distill projects quota`, store/quotas.py); exceeding one is a 429 with Retry-After
+    max_running_jobs: int | None = Field(None, ge=0, description="jobs running at once")
+    max_queued_jobs: int | None = Field(None, ge=0, description="jobs waiting in the queue")
+    max_storage_bytes: int | None = Field(None, ge=0, description="uploads + artifacts")
+    max_gpu_seconds_per_day: float | None = Field(
+        None, ge=0, description="running time of the project's attempts in the last 24 h"
+    )
+    rate_limit_per_minute: int | None = Field(None, ge=1, description="API requests per key")
+    # retention (store/retention.py, `distill gc`)
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="artifacts and checkpoints of jobs finished longer ago are deleted; "
+        "None keeps them forever",
+    )
+    gc_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="a blob written more recently is never deleted (an upload or a job may be "
+        "storing it right now)",
+    )
 
     @property
     def resolved_database_url(self) -> str:
