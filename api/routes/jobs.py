@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.deps import AppSettings, CeleryApp, DbSession, Owner, load_job, upload_owner
 from api.dispatch import send
 from api.errors import ApiError, FieldErrors
+from api.json_body import read_json
 from api.schemas import (
     ConflictOut,
     ErrorOut,
@@ -46,20 +46,7 @@ def _spec_too_large() -> ApiError:
 async def json_body(request: Request) -> Any:
     """The raw JSON body: the spec is validated by `parse_spec`, not by FastAPI, so its errors
     name spec fields (`method.name`) the same way `distill validate` does."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_SPEC_BYTES:
-        raise _spec_too_large()
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw.extend(chunk)
-        if len(raw) > MAX_SPEC_BYTES:
-            raise _spec_too_large()
-    if not raw.strip():
-        raise FieldErrors([("(root)", "the request body is empty; send the job spec as JSON")])
-    try:
-        return json.loads(bytes(raw))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FieldErrors([("(root)", f"the body is not valid JSON: {exc}")]) from None
+    return await read_json(request, MAX_SPEC_BYTES, "the job spec", _spec_too_large())
 
 
 SPEC_BODY: dict[str, Any] = {
