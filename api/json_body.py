@@ -5,6 +5,9 @@ Python's parser recurses once per nested array or object and raises RecursionErr
 client's next request. So the nesting depth is measured on the raw bytes first (strings
 skipped), and a body deeper than `MAX_DEPTH` is a 422 that names the limit: a job spec needs a
 handful of levels, and nothing deeper reaches the parser, pydantic or the database.
+
+The parser also reads `NaN`, `Infinity` and `1e999`, which are no JSON numbers and which the
+database refuses much later with a misleading message: each is a 422 naming its field.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from fastapi import Request
 
 from api.errors import ApiError, FieldErrors
+from kdcore.validation import non_finite_numbers
 
 #: Arrays and objects inside one another; a job spec uses about five levels.
 MAX_DEPTH = 64
@@ -67,6 +71,9 @@ async def read_json(request: Request, max_bytes: int, what: str, too_large: ApiE
             code="nesting_too_deep",
         )
     try:
-        return json.loads(bytes(raw))
+        data = json.loads(bytes(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FieldErrors([("(root)", f"the body is not valid JSON: {exc}")]) from None
+    if errors := non_finite_numbers(data):
+        raise FieldErrors(errors, code="non_finite_number")
+    return data

@@ -22,7 +22,9 @@ from pydantic import (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±Infinity slip past `gt`/`ge` bounds (NaN compares false, inf passes `ge`) and
+    # are not JSON: refused as "Input should be a finite number", naming the field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SpecError(ValueError):
@@ -192,7 +194,7 @@ class DataSpec(Strict):
 class MethodSpec(BaseModel):
     """`name` plus the method's own keys, checked against its params model in `parse_spec`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str = "kd"
 
     def params(self) -> BaseModel:

@@ -11,6 +11,7 @@ with assistants, GPD's finetune without a checkpoint, ...). Checks that need the
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from kdcore.spec import JobSpec, SpecError, resolve_paths, spec_errors
 
 def parse_spec(data: Any) -> JobSpec:
     """Validate a spec given as a dict; raise `SpecError` naming each bad field."""
+    if errors := non_finite_numbers(data):  # also in kwargs and method keys, typed Any
+        raise SpecError(errors)
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -41,6 +44,26 @@ def parse_spec(data: Any) -> JobSpec:
     if errors:
         raise SpecError(errors)
     return spec
+
+
+def non_finite_numbers(data: Any) -> list[tuple[str, str]]:
+    """(field path, message) for every NaN or ±Infinity in `data` (JSON-like: dicts, lists,
+    scalars). JSON has no such numbers, yet Python's parser reads `NaN`, `Infinity` and `1e999`
+    and YAML `.nan`/`.inf`; every number of a spec must be finite, `kwargs` included. Walks
+    without recursion, so any nesting depth is safe."""
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            spelled = "NaN" if math.isnan(node) else ("-Infinity" if node < 0 else "Infinity")
+            loc = ".".join(map(str, path)) or "(root)"
+            found.append((loc, f"{spelled} is not a finite number; give a finite one"))
+        elif isinstance(node, dict):
+            stack.extend(((*path, k), v) for k, v in reversed(node.items()))
+        elif isinstance(node, list | tuple):
+            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(node))))
+    return found
 
 
 def load_spec(path: str | Path) -> JobSpec:

@@ -112,3 +112,58 @@ def test_load_rejects_broken_files(tmp_path: Path) -> None:
         load_spec(tmp_path / "list.yaml")
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.yaml")
+
+
+# --- non-finite numbers -------------------------------------------------------------------------
+
+NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("value", NOT_FINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    ("path", "section"),
+    [
+        ("train.optimizer.lr", {"train": {"optimizer": {"lr": None}}}),
+        ("train.optimizer.weight_decay", {"train": {"optimizer": {"weight_decay": None}}}),
+        ("gates.max_gap", {"gates": {"max_gap": None}}),
+        ("method.temperature", {"method": {"name": "kd", "temperature": None}}),
+        (
+            "teacher.kwargs.dropout",
+            {"teacher": {"arch": "mlp", "kwargs": {"dropout": None}, "train": {"epochs": 1}}},
+        ),
+        ("student.kwargs.hidden.1", {"student": {"arch": "mlp", "kwargs": {"hidden": [8, None]}}}),
+    ],
+)
+def test_non_finite_numbers_are_refused_naming_the_field(
+    path: str, section: dict, value: float
+) -> None:
+    """NaN and ±Infinity pass `gt`/`ge` bounds unevenly (NaN compares false, inf passes `ge`)
+    and break the database's JSON later: refused up front, wherever they are."""
+    d = base()
+    d.update(json.loads(json.dumps(section).replace("null", json.dumps(value))))
+    errs = errors_of(d)
+    assert path in errs, errs
+    assert "finite" in errs[path], errs
+
+
+def test_a_spec_model_refuses_non_finite_numbers_itself() -> None:
+    from pydantic import ValidationError
+
+    from kdcore.spec import GatesSpec, OptimizerSpec
+
+    for bad in ("NaN", "inf", float("nan"), float("-inf")):
+        with pytest.raises(ValidationError, match="finite"):
+            GatesSpec(max_gap=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="finite"):
+            OptimizerSpec(weight_decay=bad)  # type: ignore[arg-type]
+
+
+def test_yaml_nan_and_inf_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(
+        "name: y\nteacher: {arch: mlp, train: {epochs: 1}}\nstudent: {arch: mlp}\n"
+        "data: {source: digits}\ntrain: {optimizer: {lr: .nan}}\ngates: {max_gap: .inf}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "s.yaml")
+    errs = dict(info.value.errors)
+    assert "finite" in errs["train.optimizer.lr"] and "finite" in errs["gates.max_gap"]
