@@ -95,6 +95,31 @@ def _looks_like_safetensors(p: Path) -> bool:
     return head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < p.stat().st_size
 
 
+# What torch's weights-only refusals name, in the wordings it has used: "Unsupported global:
+# GLOBAL a.B was not an allowed global", "Trying to load unsupported GLOBAL os.system whose
+# module os is blocked", "... but got <class 'a.B'>", "unrecognized function a.f".
+_REFUSED_NAME = re.compile(r"GLOBAL (\S+)|got <class '([^']+)'>|unrecognized function (\S+)")
+
+
+def _pickled_objects(p: Path, exc: pickle.UnpicklingError) -> str:
+    """Why weights-only loading refused `p`, whatever torch's wording: the file is more than
+    tensors in plain containers (or no torch.save file at all), and how to save one that is."""
+    found = _REFUSED_NAME.search(str(exc))
+    name = next((g for g in found.groups() if g), "") if found else ""
+    what = (
+        f"holds a pickled Python object ({name.rstrip('.,;')})"
+        if name
+        else "holds pickled Python objects, or is not a torch.save file at all"
+    )
+    return (
+        f"{p.name} {what}; model files are only ever loaded as weights (tensors in plain "
+        "dicts and lists), arbitrary objects are never unpickled here, so save only the "
+        "tensors: torch.save(model.state_dict(), path), or safetensors.torch.save_file("
+        "model.state_dict(), path); a checkpoint that also keeps other things (training "
+        "arguments, optimizer objects) needs its state dict saved alone"
+    )
+
+
 def load_state_dict_file(path: str | Path, field: str = "checkpoint") -> dict[str, Tensor]:
     """Read a state dict from .safetensors or a torch.save file (weights_only=True, never pickle).
 
@@ -117,18 +142,7 @@ def load_state_dict_file(path: str | Path, field: str = "checkpoint") -> dict[st
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
-            raise ModelLoadError(
-                field,
-                f"{p.name} holds a pickled Python object ({found.group(1)}); arbitrary objects "
-                "are never unpickled here, so save only the weights: "
-                "torch.save(model.state_dict(), path) or safetensors",
-            ) from None
-        raise ModelLoadError(
-            field,
-            f"{p.name} is not a state dict saved with torch.save or safetensors{_hint(p, field)}",
-        ) from None
+        raise ModelLoadError(field, _pickled_objects(p, exc) + _hint(p, field)) from None
     except Exception as exc:
         if "TorchScript" in str(exc):
             raise ModelLoadError(

@@ -233,6 +233,80 @@ def test_a_whole_pickled_module_is_refused(teacher: nn.Module, tmp_path: Path) -
         load_state_dict_file(path)
 
 
+class CallsOsSystem:
+    """Unpickling this runs a shell command: the classic malicious checkpoint. torch's
+    weights-only unpickler blocks its module by name, with its own wording ("Trying to load
+    unsupported GLOBAL posix.system whose module posix is blocked")."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _says_pickled_objects(message: str) -> None:
+    assert "pickled Python object" in message, message
+    assert "torch.save(model.state_dict(), path)" in message, message
+    assert "safetensors" in message, message
+    assert "not a state dict saved" not in message, message
+
+
+def test_a_blocked_global_is_reported_as_pickled_objects(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": torch.zeros(2), "hook": CallsOsSystem(marker)}, path)
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict_file(path, field="teacher.checkpoint")
+    _says_pickled_objects(info.value.message)
+    assert f"{os.system.__module__}.system" in info.value.message  # what it would have called
+    assert not marker.exists()
+
+
+def test_a_checkpoint_with_training_objects_says_to_keep_the_tensors(tmp_path: Path) -> None:
+    """The common case: a training script saved its arguments next to the weights."""
+    import argparse
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict_file(path)
+    _says_pickled_objects(info.value.message)
+    assert "argparse.Namespace" in info.value.message
+
+
+def test_a_plain_pickle_is_reported_as_pickled_objects(tmp_path: Path) -> None:
+    """pickle.dump (not torch.save) of an object: weights-only loading stops at an opcode."""
+    import pickle
+
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(Payload(), protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict_file(path)
+    _says_pickled_objects(info.value.message)
+    assert UNPICKLED == []
+
+
+def test_any_weights_only_refusal_is_explained_whatever_its_wording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch words its refusals differently from release to release; the message must not
+    depend on matching one of them."""
+    import pickle
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise pickle.UnpicklingError("Weights only load failed. A wording from torch 9: nope")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ModelLoadError) as info:
+        load_state_dict_file(path, field="student.checkpoint")
+    assert info.value.field == "student.checkpoint"
+    _says_pickled_objects(info.value.message)
+
+
 def test_not_a_state_dict_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(3)], path)
