@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from kdcore.spec import JobSpec
@@ -173,17 +173,28 @@ class Claim:
     since_retry: int = 1  # attempts since the job was queued by its user (1 on the first run)
 
 
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """queued, or running with a lease expired at `now` (its worker was lost)."""
+    return or_(
+        Job.status == JobStatus.queued,
+        and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
+    )
+
+
+def claimable(s: Session, job_id: str) -> bool:
+    """Whether `claim` would hand the job out now: a plain read (no lock, nothing changes), so a
+    worker can drop a message of a finished or cancelled job before it spends a process on it."""
+    found = s.scalar(select(Job.id).where(Job.id == job_id, _claimable(utcnow())))
+    return found is not None
+
+
 def claim(s: Session, job_id: str, worker: str, lease_s: float) -> Claim | None:
     """queued (or running with an expired lease) → running, attempt + 1; None if not claimable."""
     now = utcnow()
     lease = now + timedelta(seconds=lease_s)
-    claimable = or_(
-        Job.status == JobStatus.queued,
-        and_(Job.status == JobStatus.running, Job.lease_expires_at < now),
-    )
     result = s.execute(
         update(Job)
-        .where(Job.id == job_id, claimable)
+        .where(Job.id == job_id, _claimable(now))
         .values(
             status=JobStatus.running,
             attempts=Job.attempts + 1,

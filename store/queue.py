@@ -7,7 +7,9 @@ the workers' app from the same configuration and adds the tasks.
 Delivery is at least once and the database decides what runs (see store/jobs.py), so the
 settings favour never losing a message over never repeating one: late acks, a message given
 back when its worker process dies, one message prefetched at a time, a fresh child process per
-job (nothing, CUDA included, leaks from one job into the next).
+job (nothing, CUDA included, leaks from one job into the next). A message whose job cannot be
+claimed (cancelled, finished) is dropped by the worker's main process before it costs a child
+(worker/gate.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ device:
 
     CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -Q distillery -c 1 --hostname gpu0@%h
     CUDA_VISIBLE_DEVICES=1 celery -A worker.app worker -Q distillery -c 1 --hostname gpu1@%h
+
+A message whose job cannot be claimed (cancelled, finished) is dropped in the main process before
+it costs a child (`_gate`, worker/gate.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import socket
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_init
+from celery.signals import task_received, worker_init
+from celery.worker.request import Request
 
 from store.queue import RECONCILE, RUN_JOB
+from worker.gate import drop_unclaimable
 
 
 def worker_name(task: Task) -> str:
@@ -40,6 +45,12 @@ def _preload(**_: Any) -> None:
     import worker.runner  # noqa: F401  (torch, kdcore, the store)
 
     assert not torch.cuda.is_initialized(), "the worker's parent process must not touch CUDA"
+
+
+@task_received.connect
+def _gate(request: Request, **_: Any) -> None:
+    """In the main process, before the pool: drop a message of a job that cannot be claimed."""
+    drop_unclaimable(request)
 
 
 @shared_task(name=RUN_JOB, bind=True)
