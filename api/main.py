@@ -38,7 +38,9 @@ Distillery compresses a teacher model into a smaller student by knowledge distil
 
 Every `/v1` request carries an API key: `Authorization: Bearer <key>` (an admin creates keys
 with `distill keys create --project NAME`). A key sees only its project's jobs and uploads;
-anything else is 404. A missing, unknown or revoked key is 401.
+anything else is 404. A missing, unknown, revoked or expired key is 401; a read-only key gets
+403 for anything but GET and HEAD. Too many requests, or a job or upload over one of the
+project's quotas, is 429 with `Retry-After`.
 
 Errors are JSON: `detail` says what is wrong and how to fix it; a 422 lists `{loc, msg}` per
 field, with `loc` a dotted spec path such as `method.name`.
@@ -56,7 +58,9 @@ TAGS = [
 ]
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no API key, or an unknown or revoked one"}
+    401: {"model": ErrorOut, "description": "no API key, or an unknown, revoked or expired one"},
+    403: {"model": ErrorOut, "description": "a read-only key asked to change something"},
+    429: {"model": ErrorOut, "description": "too many requests or over a quota; Retry-After"},
 }
 
 # Publishing to a broker that is down should fail fast: the job is safe in the database and

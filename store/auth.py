@@ -1,5 +1,9 @@
 """Projects and their API keys: create, list, revoke, and look a presented key up.
 
+A key has a scope (`write`: everything its project may do; `read`: GET and HEAD only, for
+dashboards and CI readers) and may expire (`expires_at`); an expired or revoked key is refused
+like an unknown one, with a sentence saying which it is.
+
 A key is 32 random bytes (`dk_` + URL-safe base64), so a plain sha256 of it is a safe thing to
 store: there is nothing to brute-force, and a stolen database holds no usable key. The key
 itself is returned once, by `create_key`, and never again. The admin command (`distill keys`)
@@ -10,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from store.models import ApiKey, Project, utcnow
+from store.models import ApiKey, KeyScope, Project, utcnow
 
 KEY_PREFIX = "dk_"
 SHOWN_CHARS = 10  # "dk_" + 7 characters: enough to tell keys apart in a listing
@@ -42,6 +47,16 @@ class Caller:
 
     project: str  # the project's name: the `owner` of its jobs and uploads
     key_id: str
+    scope: str = KeyScope.write
+    quotas: dict[str, Any] = field(default_factory=dict)  # the project's overrides
+
+    @property
+    def read_only(self) -> bool:
+        return self.scope == KeyScope.read
+
+
+class KeyRefused(Exception):
+    """The presented key cannot be used; the message says why (unknown, revoked, expired)."""
 
 
 def get_or_create_project(s: Session, name: str) -> tuple[Project, bool]:
@@ -54,12 +69,24 @@ def get_or_create_project(s: Session, name: str) -> tuple[Project, bool]:
     return project, True
 
 
-def create_key(s: Session, project_name: str, label: str = "") -> tuple[ApiKey, str]:
+def create_key(
+    s: Session,
+    project_name: str,
+    label: str = "",
+    *,
+    scope: KeyScope = KeyScope.write,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
     """A new key for the project (created if needed); returns the row and the key itself."""
     project, _ = get_or_create_project(s, project_name)
     key = new_key()
     row = ApiKey(
-        project_id=project.id, name=label, prefix=key[:SHOWN_CHARS], key_hash=hash_key(key)
+        project_id=project.id,
+        name=label,
+        prefix=key[:SHOWN_CHARS],
+        key_hash=hash_key(key),
+        scope=scope,
+        expires_at=expires_at,
     )
     s.add(row)
     s.flush()
@@ -89,21 +116,50 @@ def revoke_key(s: Session, key_id: str) -> ApiKey | None:
     return key
 
 
-def authenticate(s: Session, key: str) -> Caller | None:
-    """The caller a presented key stands for; None for an unknown or revoked key."""
+def key_state(key: ApiKey, now: datetime | None = None) -> str:
+    """active, revoked or expired (for listings)."""
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"
+
+
+def check_key(s: Session, key: str, now: datetime | None = None) -> Caller:
+    """The caller a presented key stands for, or `KeyRefused` saying why it cannot be used.
+    A valid key's `last_used_at` is written when it is older than TOUCH_EVERY (a hint for
+    admins, so not a write per request)."""
+    now = now or utcnow()
     row = s.execute(
-        select(ApiKey.id, ApiKey.last_used_at, Project.name)
+        select(ApiKey, Project.name, Project.quotas)
         .join(Project, ApiKey.project_id == Project.id)
-        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == hash_key(key))
     ).first()
     if row is None:
-        return None
-    key_id, last_used, project = row
-    now = utcnow()
+        raise KeyRefused("the API key is not valid (unknown or revoked); ask for a new one")
+    api_key, project, quotas = row
+    if api_key.revoked_at is not None:
+        raise KeyRefused("the API key was revoked; ask for a new one")
+    if api_key.expires_at is not None and api_key.expires_at <= now:
+        raise KeyRefused(
+            f"the API key expired on {api_key.expires_at:%Y-%m-%d %H:%M} UTC; ask for a new one "
+            "(`distill keys create --project NAME --expires-in-days N`)"
+        )
+    last_used = api_key.last_used_at
     if last_used is None or now - last_used > TOUCH_EVERY:
-        s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+        s.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))
         s.commit()
-    return Caller(project=project, key_id=key_id)
+    return Caller(
+        project=project, key_id=api_key.id, scope=api_key.scope, quotas=dict(quotas or {})
+    )
+
+
+def authenticate(s: Session, key: str, now: datetime | None = None) -> Caller | None:
+    """The caller a presented key stands for; None for an unknown, revoked or expired key."""
+    try:
+        return check_key(s, key, now)
+    except KeyRefused:
+        return None
 
 
 def set_webhook_secret(s: Session, project_name: str, secret: str | None = None) -> str:

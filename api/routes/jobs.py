@@ -12,6 +12,7 @@ from api.deps import AppSettings, CeleryApp, DbSession, Owner, load_job, upload_
 from api.dispatch import send
 from api.errors import ApiError, FieldErrors
 from api.json_body import read_json
+from api.quotas import QUOTA_RESPONSES, enforce_job_quotas
 from api.schemas import (
     ConflictOut,
     ErrorOut,
@@ -24,6 +25,7 @@ from api.submission import check_spec
 from store import idempotency
 from store.jobs import create_job, list_jobs, request_cancel, retry
 from store.models import IdempotencyKey, Job, JobStatus
+from store.quotas import lock_project
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -106,6 +108,7 @@ def _replay(record: IdempotencyKey, digest: str, session: Session, response: Res
             "names as `job:<id>` a job that is missing, not succeeded or without safetensors "
             "weights, or asks for more runtime than allowed",
         },
+        **QUOTA_RESPONSES,
     },
 )
 def submit_job(
@@ -133,6 +136,7 @@ def submit_job(
     """
     if idempotency_key is not None and (problem := idempotency.key_problem(idempotency_key)):
         raise FieldErrors([("header.Idempotency-Key", problem)])
+    lock_project(session, owner)  # one submission of a project at a time: quotas, deletions
     spec = check_spec(payload, session, owner, settings)
     key_owner = upload_owner(owner)
     digest = idempotency.request_digest(spec)
@@ -140,6 +144,7 @@ def submit_job(
         record = idempotency.find(session, key_owner, idempotency_key)
         if record is not None:
             return _replay(record, digest, session, response)
+    enforce_job_quotas(session, owner, settings)
     job = create_job(session, spec, owner=owner)
     if idempotency_key is not None:
         idempotency.remember(session, key_owner, idempotency_key, digest, job.id)
@@ -209,6 +214,7 @@ def cancel_job(job_id: str, session: DbSession, owner: Owner) -> JobDetail:
     responses={
         **NOT_FOUND,
         409: {"model": ConflictOut, "description": "the job is not failed or cancelled"},
+        **QUOTA_RESPONSES,
     },
 )
 def retry_job(
@@ -216,8 +222,11 @@ def retry_job(
 ) -> JobDetail:
     """Put a failed or cancelled job back in the queue as a new attempt (`attempts` goes up when
     a worker picks it up; it resumes from its last checkpoint). Any other state is a 409 that
-    names the current state."""
+    names the current state. A project at one of its quotas gets a 429."""
+    lock_project(session, owner)
     job = load_job(session, job_id, owner, lock=True)
+    if job.status in (JobStatus.failed, JobStatus.cancelled):
+        enforce_job_quotas(session, owner, settings)
     retry(session, job)
     session.commit()
     send(session, job, celery, settings)

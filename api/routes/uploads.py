@@ -4,7 +4,8 @@ Files go straight from the request into the content-addressed blob store (see ap
 with the size limit enforced twice: up front from Content-Length, and while streaming (a client
 may send no length, or a wrong one). The same bytes uploaded again with the same kind by the same
 owner give back the first upload: 201 when a new upload was made, 200 when an existing one is
-returned.
+returned (for a dataset, with the format the new name or `format` field gives it when it had
+none: api/upload_names.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api.deps import AppSettings, Blobs, DbSession, Owner, upload_owner
 from api.errors import ApiError, FieldErrors, not_found
 from api.multipart import FormError, FormReader, boundary_of
 from api.schemas import ErrorOut, UploadList, UploadOut, ValidationErrorOut
+from api.upload_names import DATASET_FORMATS, check_format, renamed, stored_name
 from store.blobs import BlobStore, TooLarge
 from store.models import Upload
 
@@ -47,6 +49,13 @@ UPLOAD_BODY: dict[str, Any] = {
                             "enum": list(KINDS),
                             "description": "model (teacher/student weights, TorchScript, ONNX) "
                             "or dataset (.npz, .pt, .pth, .csv)",
+                        },
+                        "format": {
+                            "type": "string",
+                            "enum": list(DATASET_FORMATS),
+                            "description": "datasets only: the file's format, when its name "
+                            "lacks the suffix (it is added to the stored name, which is how "
+                            "the worker picks the reader)",
                         },
                     },
                 }
@@ -87,7 +96,7 @@ def _receive(
     """Blocking part of an upload (runs in a worker thread): stream, store, record."""
     reader.read_until_file()
     if "kind" in reader.fields:  # sent before the file: refuse before storing anything
-        _check_kind(reader.fields["kind"])
+        check_format(_check_kind(reader.fields["kind"]), reader.fields.get("format"))
     try:
         sha256, size = blobs.put_stream(reader.file_chunks(), limit=limit)
     except TooLarge:
@@ -96,14 +105,15 @@ def _receive(
     if "kind" not in reader.fields:
         raise FieldErrors([("kind", "missing; send kind=model or kind=dataset with the file")])
     kind = _check_kind(reader.fields["kind"])
+    name = stored_name(reader.filename or "upload", check_format(kind, reader.fields.get("format")))
     with sessions() as session:
         existing = _find(session, owner, kind, sha256)
         if existing is not None:
-            return existing, False
+            return _reuse(session, existing, name), False
         upload = Upload(
             owner=owner,
             kind=kind,
-            filename=reader.filename or "upload",
+            filename=name,
             sha256=sha256,
             size_bytes=size,
         )
@@ -115,8 +125,18 @@ def _receive(
             existing = _find(session, owner, kind, sha256)
             if existing is None:
                 raise
-            return existing, False
+            return _reuse(session, existing, name), False
         return upload, True
+
+
+def _reuse(session: Session, upload: Upload, name: str) -> Upload:
+    """The upload these bytes already are, renamed when `name` gives it the format it lacked
+    (a 409 when `name` asks for another one: api/upload_names.py)."""
+    new_name = renamed(upload.kind, upload.id, upload.filename, name)
+    if new_name is not None:
+        upload.filename = new_name
+        session.commit()
+    return upload
 
 
 @router.post(
@@ -126,21 +146,37 @@ def _receive(
     summary="Upload a model or dataset file",
     openapi_extra=UPLOAD_BODY,
     responses={
-        200: {"model": UploadOut, "description": "the same file was uploaded before: that upload"},
+        200: {
+            "model": UploadOut,
+            "description": "the same file was uploaded before: that upload (renamed when this "
+            "name or format gives a dataset the format its name lacked)",
+        },
+        409: {
+            "model": ErrorOut,
+            "description": "these bytes are already a dataset upload in another format "
+            "(`upload_id`, `filename` name it)",
+        },
         413: {"model": ErrorOut, "description": "the file is over the upload limit"},
         415: {"model": ErrorOut, "description": "the body is not multipart/form-data"},
-        422: {"model": ValidationErrorOut, "description": "missing file, bad or missing kind"},
+        422: {
+            "model": ValidationErrorOut,
+            "description": "missing file, bad or missing kind, bad format",
+        },
     },
 )
 async def create_upload(
     request: Request, response: Response, owner: Owner, settings: AppSettings, blobs: Blobs
 ) -> UploadOut:
-    """Multipart form with `file` and `kind` (model or dataset). Returns an id to use in a spec
-    as `upload:<id>` (the `ref` field).
+    """Multipart form with `file` and `kind` (model or dataset), and for a dataset whose file
+    name lacks its suffix, `format` (npz, pt, pth, csv). Returns an id to use in a spec as
+    `upload:<id>` (the `ref` field).
 
     Deduplicated per owner and kind by sha256: uploading the same bytes again returns the
-    existing upload with status 200 instead of 201. Files over the service's limit get 413,
-    whether the request says so up front (Content-Length) or not.
+    existing upload with status 200 instead of 201. A dataset's format is its stored name's
+    suffix: sending the same bytes again under a name with a suffix (or with `format`) gives
+    a dataset stored without one that name, keeping its id; asking for another format than
+    the stored one is a 409. Files over the service's limit get 413, whether the request says
+    so up front (Content-Length) or not.
     """
     limit = settings.max_upload_bytes
     length = request.headers.get("content-length", "")
