@@ -113,7 +113,9 @@ class FormReader:
             self._part = "file"
             return
         if len(self.fields) >= MAX_FIELDS:
-            raise FormError(name, f"too many form fields; send only {self._file_field} and kind")
+            raise FormError(
+                name, f"too many form fields; send only {self._file_field}, kind and format"
+            )
         self._part = name
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

@@ -97,6 +97,7 @@ def _dataset_type_problem(upload: Upload) -> str | None:
     if suffix in FILE_TYPES:
         return None
     return (
-        f"upload {upload.id!r} is named {upload.filename!r}; a dataset must be one of "
-        f"{', '.join(FILE_TYPES)}; upload it again under such a name"
+        f"upload {upload.id!r} is named {upload.filename!r}, which says no dataset format "
+        f"({', '.join(FILE_TYPES)}); upload the same file again named with one (train.npz), "
+        "or with the form field format=npz (pt, pth, csv): the upload keeps its id"
     )
