@@ -12,6 +12,10 @@ from api.schemas import ErrorOut
 from store.quotas import Exceeded, check_jobs, check_storage, lock_project
 from store.settings import Settings
 
+# the part of an upload's Content-Length allowed for the multipart envelope (boundaries, part
+# headers, the kind field), as api/routes/uploads.py allows it against the size limit
+MULTIPART_ENVELOPE = 64 * 1024
+
 
 class QuotaExceededOut(ErrorOut):
     """429: the request would take the project over one of its quotas."""
@@ -75,10 +79,8 @@ def enforce_upload_quota(
     sessions: sessionmaker[Session], owner: str | None, settings: Settings, length: str
 ) -> None:
     """`enforce_storage_quota` for an upload whose Content-Length header is `length` (the
-    multipart envelope, up to ENVELOPE_SLACK of it, is not held against the file); its own
+    multipart envelope, up to MULTIPART_ENVELOPE of it, is not held against the file); its own
     session, so an async route can run it in a thread."""
-    from api.routes.uploads import ENVELOPE_SLACK
-
-    incoming = max(0, int(length) - ENVELOPE_SLACK) if length.isdigit() else 0
+    incoming = max(0, int(length) - MULTIPART_ENVELOPE) if length.isdigit() else 0
     with sessions() as session:
         enforce_storage_quota(session, owner, settings, incoming)
