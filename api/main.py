@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 
 from api import errors
 from api.deps import current_owner
-from api.routes import artifacts, events, health, jobs, metrics, uploads
+from api.routes import artifacts, events, health, jobs, metrics, retention, uploads
 from api.schemas import ErrorOut, FieldError, ValidationErrorOut
 from kdcore.spec import JobSpec
 from store.blobs import BlobStore
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app)
     # authenticated before anything else about the request is looked at (a body, a job id)
-    for module in (jobs, events, metrics, artifacts, uploads):
+    for module in (jobs, events, metrics, artifacts, uploads, retention):
         app.include_router(
             module.router, dependencies=[Depends(current_owner)], responses=UNAUTHORIZED
         )

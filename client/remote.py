@@ -1,5 +1,5 @@
 """`distill` commands that talk to a Distillery service: submit, jobs, status, logs, cancel,
-retry, download. All are built on the SDK (client/sdk.py).
+retry, download, delete. All are built on the SDK (client/sdk.py).
 
 The server and key come from `--server` / `--token` or DISTILLERY_URL / DISTILLERY_TOKEN. What a
 script consumes goes to stdout (a job id, `--json` objects, a downloaded path); everything for
@@ -24,6 +24,7 @@ from rich.table import Table
 
 from client import junit
 from client.errors import (
+    ApiError,
     Conflict,
     DistilleryError,
     InvalidRequest,
@@ -62,6 +63,9 @@ def connected(server: str, token: str | None) -> Iterator[Distillery]:
     except (InvalidRequest, Unauthorized, NotFound, Conflict) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_INVALID) from None
+    except ApiError as exc:  # 403 (a read-only key) is refused too; 429 and others are not
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_INVALID if exc.status_code == 403 else EXIT_ERROR) from None
     except DistilleryError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_ERROR) from None
@@ -296,6 +300,22 @@ def retry(
     err.print(f"job {job.id}: {job.status}")
 
 
+def delete(
+    item_id: str = typer.Argument(..., metavar="ID"),
+    upload: bool = typer.Option(False, "--upload", help="ID is an upload, not a job"),
+    server: str = server_option(),
+    token: str | None = token_option(),
+) -> None:
+    """Delete a finished job with its artifacts and checkpoints (or, with --upload, an upload);
+    a job that has not ended must be cancelled first."""
+    with connected(server, token) as client:
+        if upload:
+            client.delete_upload(item_id)
+        else:
+            Job(client, {"id": item_id}).delete()
+    err.print(f"{'upload' if upload else 'job'} {escape(item_id)}: deleted")
+
+
 def download(
     job_id: str = typer.Argument(..., metavar="ID"),
     format: str | None = typer.Option(
@@ -339,6 +359,7 @@ COMMANDS: list[tuple[str, Callable[..., None]]] = [
     ("cancel", cancel),
     ("retry", retry),
     ("download", download),
+    ("delete", delete),
 ]
 
 

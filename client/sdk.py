@@ -265,6 +265,12 @@ class Job:
         self.data = self._client._json("POST", f"/v1/jobs/{self.id}/retry")
         return self
 
+    def delete(self) -> dict[str, Any]:
+        """Delete the job with its artifacts and checkpoints (their files too, unless another
+        job or upload has the same bytes); returns what was freed. A job that has not ended
+        raises Conflict: cancel it first. A second delete of the same job raises NotFound."""
+        return dict(self._client._json("DELETE", f"/v1/jobs/{self.id}"))
+
     def artifact(self, format: str) -> Artifact:
         """The artifact in `format`, fetching the job again if it is not known yet."""
         for refresh in (False, True):
@@ -434,6 +440,11 @@ class Distillery:
         params = {"sha256": sha256, **({"kind": kind} if kind else {})}
         items = self._json("GET", "/v1/uploads", params=params)["items"]
         return _build(Upload, items[0]) if items else None
+
+    def delete_upload(self, upload_id: str) -> dict[str, Any]:
+        """Delete an upload (and its file, unless another upload or artifact has the same
+        bytes); returns what was freed. Conflict while a queued or running job names it."""
+        return dict(self._json("DELETE", f"/v1/uploads/{upload_id}"))
 
     def upload(self, path: str | Path, kind: Kind) -> Upload:
         """Upload a file (kind "model" or "dataset"), unless this project already has its
