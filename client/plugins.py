@@ -18,7 +18,7 @@ from client.outcome import EXIT_ERROR
 
 GROUP = "distillery.commands"
 #: what a full install adds; hidden placeholders stand in for any of them that is missing
-SERVICE_COMMANDS = ("serve", "keys", "projects")
+SERVICE_COMMANDS = ("serve", "keys", "projects", "gc")
 SERVICE_EXTRA = "distillery[service]"
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)

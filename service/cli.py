@@ -1,4 +1,4 @@
-"""The service's commands in `distill`: `serve`, `keys`, `projects`.
+"""The service's commands in `distill`: `serve`, `keys`, `projects`, `gc`.
 
 `distill` (client/cli.py) finds `register` through the `distillery.commands` entry point group
 that pyproject.toml declares, so the client never imports the service. `register` raises
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.add_typer(admin.keys_app, name="keys")
     app.add_typer(admin.projects_app, name="projects")
+    app.command("gc")(admin.gc)
 
 
 def serve(
