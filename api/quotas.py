@@ -26,13 +26,6 @@ class QuotaExceededOut(ErrorOut):
     retry_after: int = Field(..., description="seconds; also the Retry-After header")
 
 
-class RateLimitedOut(ErrorOut):
-    """429: too many requests with this key; wait `retry_after` seconds."""
-
-    limit: int = Field(..., description="requests a minute allowed for each key")
-    retry_after: int = Field(..., description="seconds; also the Retry-After header")
-
-
 QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {
         "model": QuotaExceededOut,
