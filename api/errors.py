@@ -14,10 +14,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.allow import allowed_methods
 from kdcore.spec import SpecError
 from store.jobs import IllegalTransition
 
@@ -109,14 +110,20 @@ async def _illegal_transition(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own 404/405 (unknown route, wrong method) in the same JSON shape."""
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown route, wrong method) in the same JSON shape; a 405
+    lists every method of the path in `Allow`, and OPTIONS answers 204 with that list."""
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": ", ".join(allowed)})
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
     return JSONResponse(
         status_code=exc.status_code,
         content={"detail": exc.detail, "code": code},
-        headers=getattr(exc, "headers", None),
+        headers=headers,
     )
 
 

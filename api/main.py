@@ -19,7 +19,7 @@ from api import errors
 from api.deps import current_owner
 from api.routes import artifacts, events, health, jobs, metrics, retention, uploads
 from api.schemas import ErrorOut, FieldError, ValidationErrorOut
-from kdcore.spec import JobSpec
+from api.spec_schema import registry_spec_schemas
 from store.blobs import BlobStore
 from store.db import make_engine, upgrade_schema
 from store.queue import make_celery
@@ -121,7 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document plus the JobSpec schema: the submit route reads its body itself (so
-    spec errors use the spec's own field paths), and FastAPI cannot see the model there."""
+    spec errors use the spec's own field paths), and FastAPI cannot see the model there. The
+    schema names the architectures and methods registered in this process (api/spec_schema.py),
+    so it is built on the first request for the document, not when the module is imported."""
     if app.openapi_schema is None:
         doc = get_openapi(
             title=app.title,
@@ -131,10 +133,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
-        spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        spec = registry_spec_schemas(app.state.settings.max_job_runtime_s)
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        schemas.update(spec_schema.pop("$defs", {}))
-        schemas["JobSpec"] = spec_schema
+        if clash := set(spec) & set(schemas):
+            raise RuntimeError(f"spec schemas would replace response schemas: {sorted(clash)}")
+        schemas.update(spec)
         _use_our_422(doc)
         app.openapi_schema = doc
     return app.openapi_schema

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from kdcore.report import Evaluation, Report
 from kdcore.spec import UPLOAD_PREFIX
@@ -54,6 +54,11 @@ class FormatNotFoundOut(ErrorOut):
     """404 for an artifact format the job did not produce."""
 
     available: list[str] = Field(..., description="the formats this job has")
+
+
+class ArtifactNotFoundOut(RootModel[FormatNotFoundOut | ErrorOut]):
+    """404 of a download: no such format (with the formats there are), or no such job, or its
+    file missing from the blob store (`code` blob_missing)."""
 
 
 # --- jobs -------------------------------------------------------------------------------------
@@ -137,7 +142,8 @@ class JobDetail(JobSummary):
 class JobPage(BaseModel):
     items: list[JobSummary]
     next_cursor: str | None = Field(
-        None, description="pass as `cursor` for the next page; null on the last page"
+        None,
+        description="an opaque token: pass it as `cursor` for the next page; null on the last page",
     )
 
 

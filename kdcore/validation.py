@@ -96,10 +96,15 @@ def _method_errors(spec: JobSpec) -> list[tuple[str, str]]:
 
 
 def _teacher_free(spec: JobSpec) -> bool:
-    """The method trains a teacher of its own and needs no other (GPD's scratch, finetune)."""
+    return teacher_free(spec.method.name, spec.method.model_extra)
+
+
+def teacher_free(method_name: str, params: dict[str, Any] | None) -> bool:
+    """The method, with these keys, trains a teacher of its own and needs no other (GPD's
+    scratch, finetune): the spec must then name no teacher. Also used by the API's schema."""
     from kdcore.methods import registry as methods
 
-    method = methods.build(spec.method.name, spec.method.model_extra)
+    method = methods.build(method_name, params)
     return method.trains_own_teacher and not method.needs_teacher
 
 

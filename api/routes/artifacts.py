@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from api.deps import Blobs, DbSession, Owner, load_job
 from api.errors import ApiError
 from api.routes.jobs import NOT_FOUND
-from api.schemas import ArtifactOut, FormatNotFoundOut
+from api.schemas import ArtifactNotFoundOut, ArtifactOut
 from store.models import Artifact
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
@@ -71,7 +71,11 @@ def list_artifacts(job_id: str, session: DbSession, owner: Owner) -> list[Artifa
         },
         206: {"description": "the requested byte range (`Range: bytes=a-b` or `bytes=a-`)"},
         304: {"description": "`If-None-Match` matched the ETag (the sha256)"},
-        404: {"model": FormatNotFoundOut, "description": "no such job, or no such format"},
+        404: {
+            "model": ArtifactNotFoundOut,
+            "description": "no such format (`available` lists the job's), no such job, or the "
+            "file is missing",
+        },
         416: {"description": "the range starts past the end of the file"},
     },
 )

@@ -21,6 +21,7 @@ from api.schemas import (
     JobSummary,
     ValidationErrorOut,
 )
+from api.spec_schema import EXAMPLE
 from api.submission import check_spec
 from store import idempotency
 from store.jobs import create_job, list_jobs, request_cancel, retry
@@ -55,13 +56,33 @@ SPEC_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "the job spec (the same document `distill run` takes, as JSON)",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}},
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobSpec"},
+                "example": EXAMPLE,
+            }
+        },
     }
 }
 
 
+CURSOR = Query(
+    description="an opaque token: the `next_cursor` of the previous page, passed back as it "
+    "came (URL-safe base64 of the last job's creation time and id; build none yourself: its "
+    "content may change); without it, the first page",
+    # documented, not enforced here: decode_cursor's 422 says what to send instead
+    json_schema_extra={"pattern": "^[A-Za-z0-9_-]+$", "maxLength": 512},
+)
+
+
 IDEMPOTENCY_HEADER = Header(
     alias="Idempotency-Key",
+    # documented, not enforced here: idempotency.key_problem's 422 says what is wrong
+    json_schema_extra={
+        "minLength": 1,
+        "maxLength": idempotency.MAX_KEY_LENGTH,
+        "pattern": "^[ -~]+$",  # printable ASCII
+    },
     description="any unique string (a UUID, a CI pipeline id): a request repeated with the same "
     "key and spec returns the first request's job (200) instead of starting another; the same "
     "key with a different spec is a 409",
@@ -172,7 +193,7 @@ def get_jobs(
     status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
     name: Annotated[str | None, Query(description="only jobs with exactly this name")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
-    cursor: Annotated[str | None, Query(description="`next_cursor` from the previous page")] = None,
+    cursor: Annotated[str | None, CURSOR] = None,
 ) -> JobPage:
     """Newest first. Page with `cursor`: the listing is keyed on (created_at, id), so jobs
     submitted while you page never shift or repeat what you have seen."""
