@@ -4,8 +4,8 @@ puts the two back in agreement.
 (a) Running jobs whose lease expired (their worker died or hung) go back to `queued`
     (`store.jobs.recover_lost`) and get a fresh message.
 (b) Queued jobs that have waited longer than `requeue_after_seconds` are looked for in the
-    broker; when no message for them is there (lost with a broker restart, or a message that
-    was never sent) they are enqueued again.
+    broker; when no live message for them is there (lost with a broker restart, never sent, or
+    delivered to a worker that died before it claimed the job) they are enqueued again.
 
 (c) Webhooks that are due (store/webhooks.py) get one delivery attempt each.
 
@@ -14,6 +14,16 @@ queue is normal, so (b) only re-enqueues what is really missing. Inspecting the 
 possible for the Redis transport (the queue lists and the `unacked` hash that holds delivered,
 unacknowledged messages) and the filesystem transport (one file per message); for any other
 transport (b) is skipped and counted as `uninspectable`.
+
+A delivered, unacknowledged message counts as live only while it was delivered less than
+`requeue_after_seconds` ago (its delivery time is its score in kombu's `unacked_index`): a live
+worker claims the job within seconds of the delivery, so a job still queued long after its
+message was delivered went to a worker that died first. Kombu would give that message back only
+after the visibility timeout (`max_job_runtime_s` + 1 h: a day by default); until then it is the
+dead worker's, and the job gets a fresh message instead (issue #11: a job stuck queued ~25 h).
+The entry itself is left to kombu: the message it gives back a day later finds the job claimed
+or finished and is dropped before it costs a child (worker/gate.py). The delivery time is the
+worker's clock: clocks must agree to well within `requeue_after_seconds`.
 
 Run it with `python -m worker.reconcile_loop` (every `reconcile_seconds`; `--once` for one
 pass), or as the `distillery.reconcile` task from celery beat.
@@ -59,7 +69,7 @@ def reconcile(settings: Settings, engine: Engine, celery_app: Celery) -> dict[st
         stale = stale_queued(s, older_than)
     counts["stale"] = len(stale)
     if stale:
-        present = broker_job_ids(celery_app)
+        present = broker_job_ids(celery_app, delivered_within=settings.requeue_after_seconds)
         if present is None:
             counts["uninspectable"] = len(stale)
         else:
@@ -77,7 +87,9 @@ def reconcile(settings: Settings, engine: Engine, celery_app: Celery) -> dict[st
                             celery_app,
                             settings,
                             job_id,
-                            "no broker message for the queued job; re-enqueued",
+                            "no broker message for the queued job (none waiting, none "
+                            f"delivered in the last {settings.requeue_after_seconds:.0f} s); "
+                            "re-enqueued",
                         )
                         counts["reenqueued"] += 1
     counts["webhooks"] = _webhooks(settings, engine)
@@ -155,29 +167,45 @@ def _ids(raw_messages: Iterable[bytes | str], wrapped: bool = False) -> set[str]
     return found
 
 
-def broker_job_ids(app: Celery) -> set[str] | None:
-    """Job ids with a message in the broker (waiting or delivered-unacknowledged) on the app's
-    queue; None when the transport cannot be inspected."""
+def broker_job_ids(app: Celery, delivered_within: float | None = None) -> set[str] | None:
+    """Job ids with a message in the broker on the app's queue: waiting, or delivered and not
+    acknowledged (only if delivered less than `delivered_within` seconds ago, when given); None
+    when the transport cannot be inspected."""
     queue = app.conf.task_default_queue
     with app.connection_for_read() as conn:
         driver = conn.transport.driver_type
         channel: Any = conn.default_channel
         if driver == "redis":
-            return _redis_ids(channel, queue)
+            return _redis_ids(channel, queue, delivered_within)
         if driver == "filesystem":
             return _filesystem_ids(Path(channel.data_folder_in), queue)
     log.warning("reconcile: cannot inspect a %s broker; stale queued jobs are left alone", driver)
     return None
 
 
-def _redis_ids(channel: Any, queue: str) -> set[str]:
-    client = channel.client  # honours global_keyprefix
+def _redis_ids(channel: Any, queue: str, delivered_within: float | None) -> set[str]:
+    client = channel.client  # the service sets no global_keyprefix
     keys = dict.fromkeys(channel._q_for_pri(queue, pri) for pri in channel.priority_steps)
     found: set[str] = set()
     for key in keys:
         found |= _ids(client.lrange(key, 0, -1))
-    found |= _ids(client.hvals(channel.unacked_key), wrapped=True)
+    found |= _ids(_unacked(client, channel, delivered_within).values(), wrapped=True)
     return found
+
+
+def _unacked(client: Any, channel: Any, delivered_within: float | None) -> dict[bytes, bytes]:
+    """Delivered, unacknowledged entries by delivery tag; with `delivered_within`, only those
+    delivered that recently (an entry missing from the index counts as old: kombu writes both
+    in one transaction, and restores by the index only, so such an entry never comes back)."""
+    with client.pipeline() as pipe:  # one snapshot: an ack between two reads would skew them
+        pipe.hgetall(channel.unacked_key)
+        pipe.zrange(channel.unacked_index_key, 0, -1, withscores=True)
+        entries, index = pipe.execute()
+    if delivered_within is None:
+        return dict(entries)
+    since = time.time() - delivered_within
+    delivered_at = dict(index)
+    return {tag: raw for tag, raw in entries.items() if delivered_at.get(tag, 0.0) >= since}
 
 
 def _filesystem_ids(folder: Path, queue: str) -> set[str]:

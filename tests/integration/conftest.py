@@ -299,9 +299,12 @@ class Stack:
             time.sleep(0.1)
         return proc
 
-    def start_reconciler(self, interval: float = 1.0) -> Proc:
+    def start_reconciler(self, interval: float = 1.0, **env: str) -> Proc:
+        """The reconcile loop; `env` overrides the stack's DISTILLERY_* settings for it."""
         return self._start(
-            "reconciler", [PYTHON, "-m", "worker.reconcile_loop", "--interval", str(interval)]
+            "reconciler",
+            [PYTHON, "-m", "worker.reconcile_loop", "--interval", str(interval)],
+            env,
         )
 
     def log_tails(self) -> str:

@@ -8,6 +8,7 @@ tests' old jobs: assertions look at this test's own jobs only."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -101,22 +102,79 @@ def test_stale_queued_job_whose_message_is_waiting_is_left_alone(
     assert reconcile_events(jobs, job_id) == []
 
 
-def test_a_delivered_unacknowledged_message_counts_as_present(
+def deliver(redis_url: str, queue: str, delivered_at: float) -> str:
+    """Do what a worker's consumer does with the next message: take it off the queue and keep
+    it in kombu's `unacked` hash, indexed by its delivery time; returns its delivery tag."""
+    client = redis.Redis.from_url(redis_url)
+    raw = client.rpop(queue)
+    assert raw is not None
+    tag = f"test-{uuid.uuid4().hex}"
+    client.hset("unacked", tag, json.dumps([json.loads(raw), "", queue]))
+    client.zadd("unacked_index", {tag: delivered_at})
+    return tag
+
+
+def forget(redis_url: str, tag: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.hdel("unacked", tag)
+    client.zrem("unacked_index", tag)
+
+
+def test_a_recently_delivered_unacknowledged_message_counts_as_present(
     jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
 ) -> None:
     job_id = jobs.make(enqueued_at=utcnow() - LONG_AGO)
     enqueue(job_id, 600, app)
-    client = redis.Redis.from_url(redis_url)
-    raw = client.rpop(settings.queue)  # what a worker does, keeping it in `unacked`
-    tag = f"test-{uuid.uuid4().hex}"
-    client.hset("unacked", tag, json.dumps([json.loads(raw), "", settings.queue]))
+    tag = deliver(redis_url, settings.queue, delivered_at=time.time())
     try:
-        assert job_id in broker_job_ids(app)
+        assert job_id in broker_job_ids(app, delivered_within=settings.requeue_after_seconds)
         reconcile(settings, engine, app)
         assert job_id not in queued_ids(redis_url, settings.queue)
         assert reconcile_events(jobs, job_id) == []
     finally:
-        client.hdel("unacked", tag)
+        forget(redis_url, tag)
+
+
+def test_a_message_delivered_long_ago_to_a_worker_that_never_claimed_is_replaced(
+    jobs: Any, settings: Settings, engine: Any, app: Celery, redis_url: str
+) -> None:
+    """Issue #11, item 1: the worker died between delivery and claim; its entry in `unacked`
+    would come back only after the visibility timeout (a day)."""
+    job_id = jobs.make(enqueued_at=utcnow() - LONG_AGO)
+    enqueue(job_id, 600, app)
+    long_ago = time.time() - LONG_AGO.total_seconds()
+    tag = deliver(redis_url, settings.queue, delivered_at=long_ago)
+    try:
+        assert job_id in broker_job_ids(app)  # in the broker, but not live:
+        assert job_id not in broker_job_ids(app, delivered_within=settings.requeue_after_seconds)
+        counts = reconcile(settings, engine, app)
+        assert counts["reenqueued"] >= 1
+        assert queued_ids(redis_url, settings.queue).count(job_id) == 1
+        (event,) = reconcile_events(jobs, job_id)
+        assert "no broker message" in event.message and "delivered" in event.message
+
+        # The fresh message waits on the queue: the next pass leaves the job alone.
+        jobs.set(job_id, enqueued_at=utcnow() - LONG_AGO)
+        reconcile(settings, engine, app)
+        assert queued_ids(redis_url, settings.queue).count(job_id) == 1
+        assert len(reconcile_events(jobs, job_id)) == 1
+    finally:
+        forget(redis_url, tag)
+
+
+def test_an_unacknowledged_entry_missing_from_the_index_is_not_live(
+    jobs: Any, settings: Settings, app: Celery, redis_url: str
+) -> None:
+    """Kombu writes the entry and its index score together and restores by the index only: an
+    entry without a score would never come back."""
+    job_id = jobs.make()
+    enqueue(job_id, 600, app)
+    tag = deliver(redis_url, settings.queue, delivered_at=time.time())
+    redis.Redis.from_url(redis_url).zrem("unacked_index", tag)
+    try:
+        assert job_id not in broker_job_ids(app, delivered_within=settings.requeue_after_seconds)
+    finally:
+        forget(redis_url, tag)
 
 
 def test_filesystem_transport(jobs: Any, settings: Settings, engine: Any, tmp_path: Path) -> None:
