@@ -16,6 +16,8 @@ from store.models import JobEvent
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
 
+MAX_EVENT_ID = 2**63 - 1  # the id column is a BIGINT: a larger `after` cannot be compared
+
 
 @router.get(
     "/{job_id}/events", response_model=EventList, summary="List a job's events", responses=NOT_FOUND
@@ -25,7 +27,12 @@ def get_events(
     session: DbSession,
     owner: Owner,
     after: Annotated[
-        int | None, Query(description="only events with an id above this (for polling)")
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_EVENT_ID,
+            description="only events with an id above this (for polling): the last id seen",
+        ),
     ] = None,
 ) -> EventList:
     """Every state change and notable message, oldest first (ordered by id, which increases

@@ -190,3 +190,17 @@ def test_the_schema_tells_valid_specs_from_invalid_ones(
 def test_the_runtime_limit_is_the_services(doc: dict[str, Any], settings: Settings) -> None:
     runtime = doc["components"]["schemas"]["TrainSpec"]["properties"]["max_runtime_s"]
     assert runtime["maximum"] == settings.max_job_runtime_s
+
+
+@pytest.mark.parametrize("after", [2**63, -1, 10**30])
+def test_an_event_id_out_of_range_is_a_422_naming_after(
+    client: TestClient, new_spec: Any, after: int
+) -> None:
+    """Was a 422 blaming "a NUL character or a value too long" from the database."""
+    job_id = client.post("/v1/jobs", json=new_spec()).json()["id"]
+    r = client.get(f"/v1/jobs/{job_id}/events", params={"after": after})
+    assert r.status_code == 422
+    assert [d["loc"] for d in r.json()["detail"]] == ["query.after"]
+    assert client.get(f"/v1/jobs/{job_id}/events", params={"after": 2**63 - 1}).json() == {
+        "items": []
+    }
