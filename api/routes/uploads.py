@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from api.deps import AppSettings, Blobs, DbSession, Owner, upload_owner
 from api.errors import ApiError, FieldErrors, not_found
 from api.multipart import FormError, FormReader, boundary_of
+from api.quotas import enforce_upload_quota
 from api.schemas import ErrorOut, UploadList, UploadOut, ValidationErrorOut
 from api.upload_names import DATASET_FORMATS, check_format, renamed, stored_name
 from store.blobs import BlobStore, TooLarge
@@ -182,6 +183,8 @@ async def create_upload(
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit + ENVELOPE_SLACK:
         raise _too_large(limit)
+    sessions = request.app.state.sessions  # the project's storage quota: 429 when it is full
+    await anyio.to_thread.run_sync(enforce_upload_quota, sessions, owner, settings, length)
     boundary = boundary_of(request.headers.get("content-type"))
     if boundary is None:
         raise ApiError(
