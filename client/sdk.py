@@ -448,14 +448,19 @@ class Distillery:
 
     def upload(self, path: str | Path, kind: Kind) -> Upload:
         """Upload a file (kind "model" or "dataset"), unless this project already has its
-        bytes: then the existing upload is returned and nothing is sent."""
+        bytes: then the existing upload is returned and nothing is sent. A dataset stored under
+        a name whose suffix differs is sent again: the server then takes this file's name (its
+        format) or answers 409 when the formats conflict."""
         path = Path(path)
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         existing = self.find_upload(digest.hexdigest(), kind)
-        if existing is not None:
+        same_format = existing is not None and (
+            kind == "model" or Path(existing.filename).suffix.lower() == path.suffix.lower()
+        )
+        if existing is not None and same_format:
             return existing
         with path.open("rb") as f:
 

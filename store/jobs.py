@@ -90,7 +90,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, job_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), str(job_id)
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:  # ours always carry one; a naive one fails in the query
+            raise ValueError("no time zone")
+        return when, str(job_id)
     except Exception as exc:
         raise ValueError("not a cursor from this API; pass next_cursor as given") from exc
 

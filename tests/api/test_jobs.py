@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,15 @@ def test_list_rejects_bad_parameters(client: TestClient) -> None:
     errors = _loc_msgs(client.get("/v1/jobs", params={"cursor": "garbage!"}))
     assert "next_cursor" in errors["query.cursor"]
     assert "query.limit" in _loc_msgs(client.get("/v1/jobs", params={"limit": 201}))
+
+
+def test_a_crafted_cursor_without_a_time_zone_is_422_not_500(client: TestClient) -> None:
+    naive = json.dumps(["2026-01-01T00:00:00", "abc"]).encode()
+    cursor = base64.urlsafe_b64encode(naive).decode().rstrip("=")
+    assert (
+        "next_cursor"
+        in _loc_msgs(client.get("/v1/jobs", params={"cursor": cursor}))["query.cursor"]
+    )
 
 
 def test_unknown_job_is_404(client: TestClient) -> None:

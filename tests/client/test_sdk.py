@@ -180,6 +180,22 @@ def test_uploads_are_skipped_when_the_server_has_the_file(service: Service, tmp_
     assert len(posts) == 1  # the second call only asked (GET /v1/uploads?sha256=...)
 
 
+def test_a_dataset_stored_without_its_suffix_is_sent_again_and_renamed(
+    service: Service, tmp_path: Path
+) -> None:
+    """Bytes first uploaded as `data` (no format) become usable once sent as `data.npz`."""
+    data = write_dataset(tmp_path / "d.npz", seed=4)
+    bare = tmp_path / "data"
+    bare.write_bytes(data.read_bytes())
+    transport = Recording()
+    with Distillery(service.url, service.token_a, transport=transport) as d:
+        first = d.upload(bare, "dataset")
+        second = d.upload(data, "dataset")
+    posts = [c for c in transport.calls if c == ("POST", "/v1/uploads")]
+    assert len(posts) == 2 and second.id == first.id
+    assert second.filename.endswith(".npz")
+
+
 def test_a_download_resumes_from_its_part_file(
     finished: Job, service: Service, tmp_path: Path
 ) -> None:
