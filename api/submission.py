@@ -31,7 +31,7 @@ def check_spec(data: Any, session: Session, owner: str | None, settings: Setting
             [("(root)", "a job spec is a JSON object with name, teacher, student, data, ...")],
             code="invalid_spec",
         )
-    spec = parse_spec(data)
+    spec = parse_spec(data, settings.limits_for(owner))
     errors = upload_errors(spec, session, owner)
     if spec.train.max_runtime_s > settings.max_job_runtime_s:
         errors.append(

@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from kdcore.budget import check_budget
 from kdcore.callbacks import Callbacks
 from kdcore.checkpoint import CheckpointStore
 from kdcore.data import load_data
 from kdcore.data.augment import make_augment
 from kdcore.export import Artifact, export_student
 from kdcore.gates import check_gates
+from kdcore.limits import DEFAULT_LIMITS, Limits
 from kdcore.methods import registry as methods
 from kdcore.models.outputs import LogitsOutput
 from kdcore.report import Report, gaps
@@ -55,8 +57,10 @@ def run(
     out_dir: str | Path,
     callbacks: Callbacks | None = None,
     checkpoints: CheckpointStore | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Report:
-    """Run the whole job, write `out_dir/report.json` and the artifacts; return the report."""
+    """Run the whole job, write `out_dir/report.json` and the artifacts; return the report.
+    Its models are held to `limits` once the data's shape is known, before any is built."""
     cb = callbacks or Callbacks()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +69,7 @@ def run(
 
     with timer.stage("data"):
         data = load_data(spec.data)
+    check_budget(spec, data.input_shape, data.num_classes, limits)
     method = methods.build(spec.method.name, spec.method.model_extra)
     job = JobState(spec, data, method, make_augment(spec.data.augment), cb, checkpoints)
     active = schemes.active(spec)

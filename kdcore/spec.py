@@ -9,7 +9,7 @@ what is allowed`. This module only declares the shape, so everything else may im
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -19,6 +19,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from kdcore import limits
 
 
 class Strict(BaseModel):
@@ -158,10 +160,14 @@ class AssistantSpec(Strict):
 
 
 class SyntheticSpec(Strict):
-    input_shape: list[int] = Field(default_factory=lambda: [16], min_length=1, max_length=3)
-    num_classes: int = Field(4, ge=2)
-    n_train: int = Field(512, ge=2)
-    n_val: int = Field(256, ge=2)
+    """Sizes bounded by kdcore/limits.py (their product too: kdcore/data/sizes.py)."""
+
+    input_shape: list[Annotated[int, Field(ge=1, le=limits.MAX_INPUT_DIM)]] = Field(
+        default_factory=lambda: [16], min_length=1, max_length=3
+    )
+    num_classes: int = Field(4, ge=2, le=limits.MAX_CLASSES)
+    n_train: int = Field(512, ge=2, le=limits.MAX_SYNTHETIC_ROWS)
+    n_val: int = Field(256, ge=2, le=limits.MAX_SYNTHETIC_ROWS)
     noise: float = Field(1.0, ge=0, description="class overlap; higher is harder")
     seed: int = 0
 
@@ -171,7 +177,7 @@ class AugmentSpec(Strict):
 
     noise_std: float = Field(0.0, ge=0)
     hflip: bool = False
-    crop_padding: int = Field(0, ge=0)
+    crop_padding: int = Field(0, ge=0, le=limits.MAX_CROP_PADDING)
 
     @property
     def active(self) -> bool:
@@ -205,8 +211,8 @@ class MethodSpec(BaseModel):
 
 class EvaluateSpec(Strict):
     baseline: bool = Field(False, description="also train the student alone with CE only")
-    latency_batch_size: int = Field(32, ge=1)
-    latency_runs: int = Field(20, ge=1)
+    latency_batch_size: int = Field(32, ge=1, le=limits.MAX_LATENCY_BATCH)
+    latency_runs: int = Field(20, ge=1, le=limits.MAX_LATENCY_RUNS)
 
 
 class GatesSpec(Strict):
@@ -230,11 +236,15 @@ class JobSpec(Strict):
     name: str = Field(..., min_length=1, max_length=200)
     teacher: TeacherSpec | None = None
     teachers: list[TeacherEntry] | None = Field(
-        None, min_length=1, description="several teachers instead of one (see multi_teacher)"
+        None,
+        min_length=1,
+        max_length=limits.MAX_MODELS,
+        description="several teachers instead of one (see multi_teacher)",
     )
     multi_teacher: MultiTeacherSpec | None = None
     assistants: list[AssistantSpec] = Field(
         default_factory=list,
+        max_length=limits.MAX_MODELS,
         description="teacher assistants, largest first: teacher → assistants[0] → ... → "
         "student, each link distilled with `method` and `train`",
     )

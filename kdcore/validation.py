@@ -3,7 +3,9 @@
 
 Beyond the shape (kdcore.spec): the method exists and its keys are valid, who teaches, the
 architectures exist, and every scheme the spec uses accepts it (`Scheme.validate`: DML or GPD
-with assistants, GPD's finetune without a checkpoint, ...). Checks that need the built model
+with assistants, GPD's finetune without a checkpoint, ...), and the sizes: the data's, and the
+models' against the budget when the spec fixes the data's shape (kdcore/budget.py, estimated on
+the meta device, nothing allocated). Checks that need the built model
 (layer names, whether GPD can expand it) run in the worker before any training
 (`Scheme.check`).
 """
@@ -18,14 +20,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kdcore.limits import DEFAULT_LIMITS, Limits
 from kdcore.spec import JobSpec, SpecError, resolve_paths, spec_errors
 
 # The registries (methods, architectures, schemes) are imported where they are used: they import
 # torch, and importing this module must not (`uvicorn api.main:app` starts without it).
 
 
-def parse_spec(data: Any) -> JobSpec:
-    """Validate a spec given as a dict; raise `SpecError` naming each bad field."""
+def parse_spec(data: Any, limits: Limits = DEFAULT_LIMITS) -> JobSpec:
+    """Validate a spec given as a dict; raise `SpecError` naming each bad field. `limits` is
+    the budget its models are held to when the data's shape is known (kdcore/budget.py)."""
     if errors := non_finite_numbers(data):  # also in kwargs and method keys, typed Any
         raise SpecError(errors)
     try:
@@ -41,6 +45,10 @@ def parse_spec(data: Any) -> JobSpec:
     if method_ok:  # which schemes apply depends on the method
         for scheme in schemes.active(spec):
             errors += scheme.validate(spec)
+    if not errors:  # sizes last: estimating the models needs a spec that is otherwise valid
+        from kdcore.budget import spec_size_errors
+
+        errors = spec_size_errors(spec, limits)
     if errors:
         raise SpecError(errors)
     return spec

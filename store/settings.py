@@ -10,8 +10,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kdcore.limits import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_TRAINING_MEMORY_BYTES, Limits
+
+
+class ProjectLimits(BaseModel):
+    """One project's own budget (`project_limits`); a key left out keeps the service's."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_model_params: int | None = Field(None, ge=1)
+    max_training_memory_bytes: int | None = Field(None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -53,6 +63,21 @@ class Settings(BaseSettings):
         description="how long a worker keeps retrying a job's webhook itself before leaving the "
         "remaining attempts to the reconciler (and taking the next job)",
     )
+    # the budget of the models a job builds, estimated before anything is allocated
+    # (kdcore/budget.py); `project_limits` overrides it per project
+    max_model_params: int = Field(
+        DEFAULT_MAX_MODEL_PARAMS, ge=1, description="parameters of any one model a job builds"
+    )
+    max_training_memory_bytes: int = Field(
+        DEFAULT_MAX_TRAINING_MEMORY_BYTES,
+        ge=1,
+        description="estimated memory of a job's training stage or evaluation",
+    )
+    project_limits: dict[str, ProjectLimits] = Field(
+        default_factory=dict,
+        description='JSON: {"<project>": {"max_model_params": ..., '
+        '"max_training_memory_bytes": ...}}',
+    )
     # quotas per project (None: no limit); a project's own values override these
     # (`distill projects quota`, store/quotas.py); exceeding one is a 429 with Retry-After
     max_running_jobs: int | None = Field(None, ge=0, description="jobs running at once")
@@ -75,6 +100,15 @@ class Settings(BaseSettings):
         description="a blob written more recently is never deleted (an upload or a job may be "
         "storing it right now)",
     )
+
+    def limits_for(self, project: str | None) -> Limits:
+        """The budget of `project`'s jobs (None: a service without keys, the project "")."""
+        own = ProjectLimits.model_validate(self.project_limits.get(project or "", {}))
+        return Limits(
+            max_model_params=own.max_model_params or self.max_model_params,
+            max_training_memory_bytes=own.max_training_memory_bytes
+            or self.max_training_memory_bytes,
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -98,7 +98,7 @@ def execute_job(
     workdir = Path(tempfile.mkdtemp(prefix=f"distillery-{job_id}-"))
     try:
         with Lease(engine, c, settings) as lease:
-            outcome = _run_claimed(c, engine, blobs, workdir, lease, callbacks)
+            outcome = _run_claimed(c, engine, blobs, workdir, lease, callbacks, settings)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return _notified(outcome, engine, settings)
@@ -118,6 +118,7 @@ def _run_claimed(
     workdir: Path,
     lease: Lease,
     extra: Callbacks | None,
+    settings: Settings,
 ) -> Outcome:
     names: dict[str, str] = {}
     try:
@@ -126,7 +127,8 @@ def _run_claimed(
             if job is None:
                 raise RuntimeError("the job row disappeared after it was claimed")
             submitted = job.spec
-            spec = parse_spec(submitted)
+            limits = settings.limits_for(job.owner)  # the project's budget (kdcore/budget.py)
+            spec = parse_spec(submitted, limits)
             local_spec, names = localize_files(s, spec, blobs, workdir, job.owner)
         checkpoints = BlobCheckpoints(blobs, c.job_id)
         report = run_pipeline(
@@ -134,6 +136,7 @@ def _run_claimed(
             workdir / "out",
             callbacks=JobCallbacks(engine, c, spec, lease, extra),
             checkpoints=checkpoints,
+            limits=limits,
         )
         if lease.lost:
             return Outcome(c.job_id, LOST, c.attempt, message="claim lost before finishing")

@@ -8,6 +8,7 @@ instead of running code.
 from __future__ import annotations
 
 import csv
+import math
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ import torch
 
 from kdcore.data.dataset import DataError
 from kdcore.data.raw import LABEL_FIX, RawData, check_features, check_labels
+from kdcore.limits import MAX_DATA_ELEMENTS
 
 KEYS = ("x_train", "y_train", "x_val", "y_val")
 ARCHIVE_FIX = "save a dict of arrays with keys x_train, y_train (optional), x_val, y_val"
@@ -42,6 +44,7 @@ def load_npz(path: Path) -> RawData:
     with archive:
         arrays: dict[str, np.ndarray] = {}
         for key in archive.files:
+            _check_elements(archive, key, path)
             try:
                 arrays[key] = archive[key]
             except ValueError:  # object arrays need pickle, which we refuse
@@ -52,6 +55,32 @@ def load_npz(path: Path) -> RawData:
                     "store numeric arrays only",
                 ) from None
     return from_arrays(arrays, path)
+
+
+def _check_elements(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> None:
+    """Refuse an array too large to hold, from its header, before reading it: a compressed
+    archive of a few megabytes can otherwise expand to terabytes in the worker's memory."""
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if archive.zip is None:  # closed: reading the array reports it
+        return
+    try:
+        with archive.zip.open(f"{key}.npy") as f:
+            reader = readers.get(np.lib.format.read_magic(f))
+            if reader is None:  # a header version without a public reader: read it as usual
+                return
+            shape = reader(f)[0]
+    except (KeyError, OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return  # reading the array itself reports what is wrong
+    elements = math.prod(shape)
+    if elements > MAX_DATA_ELEMENTS:
+        raise DataError(
+            "data.source",
+            f"{path}: array {key!r} has shape {tuple(shape)}, {elements:,} elements, above the "
+            f"limit of {MAX_DATA_ELEMENTS:,}; use less data or smaller rows",
+        )
 
 
 def load_pt(path: Path) -> RawData:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdcore.data.dataset import DataError
+from kdcore.limits import MAX_CLASSES  # a label above it is more likely an id column than a class
 
 UNLABELED = -1
-MAX_CLASSES = 100_000  # a label above this is far more likely a bug (an id column) than a class
 LABEL_FIX = "store labels as integer class indices 0..K-1 (-1 for an unlabeled row)"
 
 

@@ -197,6 +197,11 @@ class StudentScheme(Scheme):
     def build_trainee(self, job: JobState) -> nn.Module:
         raise NotImplementedError
 
+    def trainee_scale(self, spec: JobSpec) -> int:
+        """How many student-sized models `build_trainee` trains at once: the size limits
+        (kdcore/budget.py) hold the student's estimate times this to the budget."""
+        return 1
+
     def extract_student(self, job: JobState, trainee: nn.Module) -> nn.Module:
         return trainee
 

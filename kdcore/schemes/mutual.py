@@ -57,6 +57,9 @@ class MutualLearning(StudentScheme):
             peers.append(build_student(spec.model_copy(update={"train": train}), job.data))
         return PeerGroup(peers, p.export if isinstance(p.export, int) else 0)
 
+    def trainee_scale(self, spec: JobSpec) -> int:
+        return self.params(spec).peers
+
     def extract_student(self, job: JobState, trainee: nn.Module) -> nn.Module:
         """The peer to export: `method.export`, or the best on the evaluation split (the first
         among equals)."""

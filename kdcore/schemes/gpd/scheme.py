@@ -65,6 +65,10 @@ class GapPreservingScheme(StudentScheme):
         except ValueError as exc:
             raise InputError("student.arch", f"{spec.student.arch}: {exc}") from None
 
+    def trainee_scale(self, spec: JobSpec) -> int:
+        """The student and its dynamic teacher, `ratio` times wider (≈ ratio² the size)."""
+        return 1 + params(spec).ratio ** 2
+
     def train_settings(self, job: JobState) -> TrainSpec:
         """`train`, with GPD's gradient clip when the spec sets none (gpd.md §4)."""
         clip = params(job.spec).grad_clip
