@@ -375,6 +375,56 @@ class Stack:
             client.close()
 
 
+class Locks:
+    """The test's own connections to the service's database, to hold a lock that a service process
+    will wait on: a worker is stopped at a chosen point of its work by a state (its statement
+    waits on the test's lock), never by timing a signal."""
+
+    def __init__(self, db_url: str):
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(db_url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def waiting_on(self, holder: int, statement: str) -> list[int]:
+        """Backends running `statement` (an SQL prefix, e.g. `UPDATE jobs`) that wait on locks of
+        backend `holder`; asked on a connection of its own, since a transaction keeps one
+        snapshot of pg_stat_activity."""
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE query ILIKE :statement"
+                    " AND :holder = ANY(pg_blocking_pids(pid))"
+                ),
+                {"holder": holder, "statement": f"{statement}%"},
+            )
+            return [int(pid) for (pid,) in rows]
+
+    def wait_until_waiting(
+        self, holder: int, statement: str, proc: Proc, timeout: float = START_TIMEOUT_S * 2
+    ) -> list[int]:
+        """Wait until a backend runs `statement` and waits on `holder`; fail if `proc` exits."""
+        deadline = time.monotonic() + timeout
+        while not (pids := self.waiting_on(holder, statement)):
+            proc.check_alive(f"waited on for {statement!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {statement!r} waiting on the test's lock in {timeout} s")
+            time.sleep(0.1)
+        return pids
+
+    def terminate(self, pids: list[int]) -> None:
+        """End backends whose client is gone (a SIGKILLed worker's): what they did never commits."""
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            for pid in pids:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
 # --- fixtures ----------------------------------------------------------------------------------
 
 
@@ -459,6 +509,16 @@ def service(stacks: Callable[[str], Stack]) -> Stack:
     stack.start_api(DISTILLERY_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT))
     stack.start_worker("w1")
     return stack
+
+
+@pytest.fixture
+def locks(service_db: str) -> Iterator[Locks]:
+    """Connections of the test's own to the service's database (see Locks)."""
+    made = Locks(service_db)
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture

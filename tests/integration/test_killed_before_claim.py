@@ -12,11 +12,10 @@ This module deploys a stack of its own: it kills a worker no other test uses."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import text
 
 from worker.reconciler import job_id_of
 
@@ -49,52 +48,23 @@ def messages(redis_url: str, queue: str, job_id: str) -> tuple[int, int]:
     )
 
 
-def claims_waiting_on(engine: Engine, holder: int) -> list[int]:
-    """Backends whose claim (an UPDATE of the jobs table) waits on backend `holder`'s locks.
-    Asked on a connection of its own: a transaction sees one snapshot of pg_stat_activity."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT pid FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))"
-                " AND query ILIKE 'UPDATE jobs%'"
-            ),
-            {"holder": holder},
-        )
-        return [int(pid) for (pid,) in rows]
-
-
-def wait_for(condition: Any, what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
-        time.sleep(0.1)
-    return result
-
-
 def test_job_whose_worker_died_between_delivery_and_claim_is_enqueued_again(
-    stacks: Any, service_db: str
+    stacks: Any, locks: Any
 ) -> None:
     stack = stacks("unclaimed")
     api = stack.start_api()
     job_id = api.submit(TINY)["id"]  # no worker yet: the message waits on the queue
     assert messages(stack.redis_url, stack.queue, job_id) == (1, 0)
 
-    engine = create_engine(service_db)
-    try:
-        with engine.connect() as lock:
-            holder = int(lock.execute(text("SELECT pg_backend_pid()")).scalar_one())
-            lock.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
-            first = stack.start_worker("w1")
-            blocked = wait_for(
-                lambda: claims_waiting_on(engine, holder), "claim waiting on the row lock"
-            )
-            assert messages(stack.redis_url, stack.queue, job_id) == (0, 1)  # delivered
-            first.kill()  # SIGKILL to its process group: the main process and the pool child
-            for pid in blocked:  # the dead child's backend: its claim never commits
-                lock.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            lock.rollback()
-    finally:
-        engine.dispose()
+    with locks.engine.connect() as lock:
+        holder = int(lock.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        lock.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+        first = stack.start_worker("w1")
+        claim = locks.wait_until_waiting(holder, "UPDATE jobs", first)
+        assert messages(stack.redis_url, stack.queue, job_id) == (0, 1)  # delivered
+        first.kill()  # SIGKILL to its process group: the main process and the pool child
+        locks.terminate(claim)  # the dead child's claim never commits
+        lock.rollback()
 
     job = api.job(job_id)
     assert (job["status"], job["attempts"]) == ("queued", 0), job
