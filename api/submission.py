@@ -21,6 +21,7 @@ from kdcore.validation import parse_spec
 from store.models import Upload
 from store.refs import JOB_REF_FIELDS, is_job_ref, job_weights, misplaced_job_ref
 from store.settings import Settings
+from store.webhooks import webhook_url_errors
 
 
 def check_spec(data: Any, session: Session, owner: str | None, settings: Settings) -> JobSpec:
@@ -32,7 +33,9 @@ def check_spec(data: Any, session: Session, owner: str | None, settings: Setting
             code="invalid_spec",
         )
     spec = parse_spec(data, settings.limits_for(owner))
-    errors = upload_errors(spec, session, owner)
+    errors = upload_errors(spec, session, owner) + webhook_url_errors(
+        spec, settings.webhook_allow_rules
+    )
     if spec.train.max_runtime_s > settings.max_job_runtime_s:
         errors.append(
             (

@@ -10,10 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kdcore.limits import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_TRAINING_MEMORY_BYTES, Limits
+from store.egress import Allow, parse_allow
 
 
 class ProjectLimits(BaseModel):
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
         description="how long a worker keeps retrying a job's webhook itself before leaving the "
         "remaining attempts to the reconciler (and taking the next job)",
     )
+    webhook_allow: str = Field(
+        "",
+        description="comma-separated host names, addresses and CIDRs that webhooks may reach "
+        "although they are internal (loopback, private, link-local...: store/egress.py)",
+    )
     # the budget of the models a job builds, estimated before anything is allocated
     # (kdcore/budget.py); `project_limits` overrides it per project
     max_model_params: int = Field(
@@ -100,6 +106,16 @@ class Settings(BaseSettings):
         description="a blob written more recently is never deleted (an upload or a job may be "
         "storing it right now)",
     )
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _allow_list_parses(cls, value: str) -> str:
+        parse_allow(value)
+        return value
+
+    @property
+    def webhook_allow_rules(self) -> Allow:
+        return parse_allow(self.webhook_allow)
 
     def limits_for(self, project: str | None) -> Limits:
         """The budget of `project`'s jobs (None: a service without keys, the project "")."""

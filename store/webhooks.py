@@ -5,7 +5,8 @@ that ends it (succeeded, failed or cancelled, whoever ends it: worker, API or re
 notification is never lost and never sent for a change that was rolled back. Sending happens
 after that commit (worker/webhooks.py): a sender claims a due row by pushing its
 `next_attempt_at` past the attempt's timeout (so no one else sends it meanwhile), POSTs, and
-records the outcome, fenced on the attempt number it claimed.
+records the outcome, fenced on the attempt number it claimed. The URL itself must pass the
+egress rules (store/egress.py): at submit (`webhook_url_errors`) and again at each delivery.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from kdcore.spec import JobSpec
+from store.egress import Allow, EgressRefused, Unresolvable, resolve_target
 from store.models import (
     Artifact,
     Evaluation,
@@ -38,6 +41,22 @@ def webhook_url(spec: dict[str, Any] | None) -> str | None:
     notify = (spec or {}).get("notify") or {}
     url = notify.get("webhook_url")
     return str(url) if url else None
+
+
+def webhook_url_errors(spec: JobSpec, allow: Allow) -> list[tuple[str, str]]:
+    """At submit: `notify.webhook_url` must be a receiver the egress rules allow. A host that
+    does not resolve now passes (each delivery checks again, and a DNS outage must not refuse
+    a job)."""
+    url = spec.notify.webhook_url
+    if url is None:
+        return []
+    try:
+        resolve_target(str(url), allow)
+    except Unresolvable:
+        return []
+    except EgressRefused as exc:
+        return [("notify.webhook_url", str(exc))]
+    return []
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -11,6 +11,13 @@ explains the outbox). Two senders drain it:
 Nothing here can change a job's status: it runs after the job's own transaction has committed,
 and every failure is recorded and logged, never raised.
 
+Each attempt checks the URL against the egress rules again (store/egress.py: no loopback,
+private, link-local or metadata address unless DISTILLERY_WEBHOOK_ALLOW admits it) and connects
+to the address it checked, with the URL's Host header and TLS server name, so DNS that changes
+in between cannot send it elsewhere. A redirect is never followed: the receiver's answer counts
+as it is. A refused URL and a redirect end the delivery at once (another attempt would be
+refused again); a host that does not resolve is retried like any failure.
+
 The signature (header `Distillery-Signature: t=<unix time>,v1=<hex>`) is HMAC-SHA256 over
 `"<t>.<body>"` with the project's webhook secret, or DISTILLERY_WEBHOOK_SECRET; a receiver
 recomputes it (`verify_signature`) and refuses old timestamps to stop replays. The body is the
@@ -32,6 +39,7 @@ from sqlalchemy import Engine
 
 from store.auth import project_webhook_secret
 from store.db import session_scope
+from store.egress import EgressRefused, Target, Unresolvable, resolve_target
 from store.jobs import add_event
 from store.models import utcnow
 from store.settings import Settings
@@ -82,6 +90,7 @@ class Attempt:
     delivered: bool
     status_code: int | None
     error: str | None
+    final: bool = False  # no further attempt (a refused URL, a redirect)
 
 
 def body_of(d: ClaimedDelivery) -> bytes:
@@ -99,27 +108,56 @@ def _post(d: ClaimedDelivery, secret: str | None, settings: Settings) -> Attempt
     if secret:
         headers[SIGNATURE_HEADER] = signature_header(secret, body)
     try:
-        # Redirects are not followed (a receiver that moved must be named again in the spec),
-        # and the answer's body is never read: only its status counts.
-        with httpx.stream(
-            "POST",
-            d.url,
-            content=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_seconds,
-        ) as r:
-            status = r.status_code
+        target = resolve_target(d.url, settings.webhook_allow_rules)
+    except Unresolvable as exc:
+        return Attempt(d.id, d.job_id, d.attempt, False, None, str(exc))
+    except EgressRefused as exc:
+        return Attempt(d.id, d.job_id, d.attempt, False, None, f"refused: {exc}", final=True)
+    try:
+        status, location = _send(target, body, headers, settings.webhook_timeout_seconds)
     except httpx.HTTPError as exc:
         return Attempt(d.id, d.job_id, d.attempt, False, None, f"{type(exc).__name__}: {exc}")
     if 200 <= status < 300:
         return Attempt(d.id, d.job_id, d.attempt, True, status, None)
+    if 300 <= status < 400:
+        error = (
+            f"HTTP {status}: the redirect to {location or '(no location)'} is not followed; "
+            "name the final receiver in notify.webhook_url"
+        )
+        return Attempt(d.id, d.job_id, d.attempt, False, status, error, final=True)
     return Attempt(d.id, d.job_id, d.attempt, False, status, f"HTTP {status}")
+
+
+def _send(
+    target: Target, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int, str | None]:
+    """POST to the checked addresses in turn until one takes the connection; (status, the
+    Location header). Redirects are not followed, and the answer's body is never read."""
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        for i, address in enumerate(target.addresses):
+            request = client.build_request(
+                "POST",
+                target.pinned_url(address),
+                content=body,
+                headers={**headers, "Host": target.host_header},
+                extensions=extensions,
+            )
+            try:
+                response = client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if i == len(target.addresses) - 1:
+                    raise
+                continue
+            response.close()
+            return response.status_code, response.headers.get("location")
+    raise AssertionError("resolve_target returns at least one address")
 
 
 def _record(
     engine: Engine, d: ClaimedDelivery, a: Attempt, signed: bool, settings: Settings
 ) -> None:
-    last = d.attempt >= settings.webhook_max_attempts
+    last = d.attempt >= settings.webhook_max_attempts or a.final
     retry_in = None if a.delivered or last else backoff_s(d.attempt, settings)
     if a.delivered:
         outcome = "delivered"

@@ -117,6 +117,7 @@ def service(
         DISTILLERY_WEBHOOK_SECRET=WEBHOOK_SECRET,
         DISTILLERY_WEBHOOK_BACKOFF_SECONDS="0.2",
         DISTILLERY_WEBHOOK_INLINE_SECONDS="15",
+        DISTILLERY_WEBHOOK_ALLOW="127.0.0.1",  # the receivers run on loopback
         DISTILLERY_HEARTBEAT_SECONDS="1",
     )
     py = sys.executable

@@ -77,6 +77,7 @@ def hook_settings(settings: Settings) -> Settings:
             "webhook_max_attempts": 3,
             "webhook_timeout_seconds": 5.0,
             "webhook_inline_seconds": 10.0,
+            "webhook_allow": "127.0.0.1",  # the receivers run on loopback (store/egress.py)
         }
     )
 
