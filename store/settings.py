@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="a blob written more recently is never deleted (an upload or a job may be "
         "storing it right now)",
     )
+    gc_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="how often the reconciler runs a garbage-collection pass; 0: never (run "
+        "`distill gc` yourself)",
+    )
 
     @field_validator("webhook_allow")
     @classmethod

@@ -8,6 +8,8 @@ puts the two back in agreement.
     delivered to a worker that died before it claimed the job) they are enqueued again.
 
 (c) Webhooks that are due (store/webhooks.py) get one delivery attempt each.
+(d) Every `gc_seconds`, one bounded garbage-collection pass (store/retention.py): checkpoints of
+    finished jobs, artifacts past `retention_days`, orphan blobs.
 
 Enqueueing twice is harmless (a second delivery is a no-op, see store.jobs.claim), but a long
 queue is normal, so (b) only re-enqueues what is really missing. Inspecting the broker is
@@ -45,10 +47,12 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from kdcore.spec import JobSpec, TrainSpec
+from store.blobs import BlobStore
 from store.db import session_scope
 from store.jobs import add_event, mark_enqueued, recover_lost, stale_queued
 from store.models import Job
 from store.queue import RUN_JOB, enqueue
+from store.retention import collect
 from store.settings import Settings
 from worker.webhooks import deliver_due
 
@@ -241,6 +245,7 @@ def run_reconciler(
     engine = engine or default_engine()
     app = app or celery_app
     interval = interval if interval is not None else settings.reconcile_seconds
+    last_gc: float | None = None
     while True:
         try:
             counts = reconcile(settings, engine, app)
@@ -249,6 +254,29 @@ def run_reconciler(
                 raise
             log.exception("reconcile pass failed; retrying in %.0f s", interval)
             counts = {}
+        if gc_due(settings, last_gc, time.monotonic()):
+            last_gc = time.monotonic()
+            counts["gc_deleted"] = _collect(settings, engine)
         if once:
             return counts
         time.sleep(interval)
+
+
+def gc_due(settings: Settings, last: float | None, now: float) -> bool:
+    """A garbage-collection pass every `gc_seconds` (the first with the first reconcile pass);
+    never when it is 0."""
+    if settings.gc_seconds <= 0:
+        return False
+    return last is None or now - last >= settings.gc_seconds
+
+
+def _collect(settings: Settings, engine: Engine) -> int:
+    """One bounded retention/GC pass (store/retention.py); a failure waits for the next one.
+    Returns the blob files it deleted."""
+    try:
+        report = collect(engine, BlobStore(settings.resolved_blob_dir), settings)
+    except Exception:
+        log.exception("garbage collection failed; the next pass retries")
+        return 0
+    log.info("gc: %s", report.as_dict())
+    return report.blobs

@@ -17,11 +17,12 @@ from typing import Any
 import redis
 from celery import Celery
 
+from store.blobs import BlobStore
 from store.models import JobEvent, utcnow
 from store.queue import enqueue
 from store.settings import Settings
 from worker.app import make_celery
-from worker.reconciler import broker_job_ids, job_id_of, reconcile
+from worker.reconciler import broker_job_ids, gc_due, job_id_of, reconcile, run_reconciler
 
 LONG_AGO = timedelta(hours=1)
 
@@ -204,3 +205,28 @@ def test_job_id_of_reads_only_run_job_messages() -> None:
     assert job_id_of({"headers": {"task": "distillery.reconcile"}, "body": "W10="}) is None
     by_repr = {"headers": {"task": "distillery.run_job", "argsrepr": "['abc']"}, "body": "?"}
     assert job_id_of(by_repr) == "abc"
+
+
+def test_gc_runs_every_gc_seconds_and_never_when_zero(settings: Settings) -> None:
+    hourly = settings.model_copy(update={"gc_seconds": 3600.0})
+    assert gc_due(hourly, None, 100.0)  # the first pass collects
+    assert not gc_due(hourly, 100.0, 100.0 + 3599)
+    assert gc_due(hourly, 100.0, 100.0 + 3600)
+    assert not gc_due(settings.model_copy(update={"gc_seconds": 0.0}), None, 100.0)
+
+
+def test_a_reconciler_pass_collects_orphan_blobs(
+    settings: Settings, engine: Any, tmp_path: Path
+) -> None:
+    """Retention needs no cron job: the reconciler's pass runs the GC (store/retention.py)."""
+    gc = settings.model_copy(
+        update={"blob_dir": tmp_path / "blobs", "gc_grace_seconds": 0.0, "gc_seconds": 3600.0}
+    )
+    blobs = BlobStore(gc.resolved_blob_dir)
+    orphan, _ = blobs.put_stream([b"bytes no row names"])
+    app = make_celery(gc)
+    try:
+        counts = run_reconciler(gc, engine, app, once=True)
+    finally:
+        app.close()
+    assert counts["gc_deleted"] == 1 and not blobs.exists(orphan)
