@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -70,24 +70,47 @@ def test_stream_of_a_finished_job_sends_done_and_ends(
     assert _events(text)[0][1]["status"] == "succeeded" and _events(text)[0][1]["id"] == job_id
 
 
+def _read_stream(
+    lines: Iterator[str], on_event: Callable[[int], None], on_comment: Callable[[], None]
+) -> str:
+    """The whole stream; `on_event(n)` after the n-th event arrives, `on_comment()` after each
+    comment line (so a test can act on what the client has really seen, not on time)."""
+    text, block = [], []
+    for line in lines:
+        text.append(line)
+        if line.startswith(":"):
+            on_comment()
+        elif line:
+            block.append(line)
+        elif block:
+            block = []
+            on_event(len(_events("\n".join(text) + "\n\n")))
+    return "\n".join(text) + "\n"
+
+
+WAIT_S = 60.0  # a generous bound on one step: the tests wait on events, never on the clock
+
+
 def test_stream_follows_changes_until_the_job_ends(
     app: FastAPI, client: TestClient, new_spec: Any
 ) -> None:
     job_id = client.post("/v1/jobs", json=new_spec()).json()["id"]
+    seen = [threading.Event() for _ in range(5)]
 
     def worker() -> None:
-        """Play a worker: claim, report progress twice, finish (each its own transaction)."""
-        time.sleep(0.3)
+        """Play a worker: claim, report progress twice, finish (each its own transaction),
+        each change once the client has seen the state before it."""
+        assert seen[0].wait(WAIT_S)
         with app.state.sessions() as s:
             claim = store_jobs.claim(s, job_id, "w1", lease_s=60)
             s.commit()
         assert claim is not None
-        for progress, epoch in ((0.25, 1), (0.5, 2)):
-            time.sleep(0.3)
+        for n, (progress, epoch) in enumerate(((0.25, 1), (0.5, 2)), start=1):
+            assert seen[n].wait(WAIT_S)
             with app.state.sessions() as s:
                 store_jobs.report_progress(s, claim, progress, "distill", epoch)
                 s.commit()
-        time.sleep(0.3)
+        assert seen[3].wait(WAIT_S)
         with app.state.sessions() as s:
             store_jobs.finish(s, claim, JobStatus.succeeded, "done")
             s.commit()
@@ -96,8 +119,11 @@ def test_stream_follows_changes_until_the_job_ends(
     thread.start()
     try:
         with client.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
-            events = _events(r.read().decode())
+            text = _read_stream(r.iter_lines(), lambda n: seen[n - 1].set(), lambda: None)
+            events = _events(text)
     finally:
+        for event in seen:
+            event.set()
         thread.join()
     kinds = [kind for kind, _ in events]
     assert kinds == ["job", "job", "job", "job", "done"]
@@ -114,19 +140,23 @@ def test_stream_follows_changes_until_the_job_ends(
 def test_stream_sends_keepalive_comments(app: FastAPI, client: TestClient, new_spec: Any) -> None:
     job_id = client.post("/v1/jobs", json=new_spec()).json()["id"]
     app.state.stream_keepalive_s = 0.1
+    kept_alive = threading.Event()
 
-    def finish_later() -> None:
-        time.sleep(0.5)
+    def finish_after_a_keepalive() -> None:
+        assert kept_alive.wait(WAIT_S)
         with app.state.sessions() as s:
             job = s.get(Job, job_id)
             assert job is not None
             store_jobs.request_cancel(s, job)
             s.commit()
 
-    thread = threading.Thread(target=finish_later)
+    thread = threading.Thread(target=finish_after_a_keepalive)
     thread.start()
-    with client.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
-        text = r.read().decode()
-    thread.join()
+    try:
+        with client.stream("GET", f"/v1/jobs/{job_id}/stream") as r:
+            text = _read_stream(r.iter_lines(), lambda n: None, kept_alive.set)
+    finally:
+        kept_alive.set()
+        thread.join()
     assert ": keep-alive" in text
     assert [kind for kind, _ in _events(text)] == ["job", "done"]

@@ -3,9 +3,9 @@ tensor a forward makes (not only what layers return), and no memory allocated.""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+import psutil
 import pytest
 import torch
 from torch import nn
@@ -45,10 +45,10 @@ def test_the_estimate_sees_tensors_no_layer_returns() -> None:
 
 def test_the_estimate_allocates_nothing() -> None:
     """Ten billion parameters (40 GB of float32) estimated on the meta device."""
-    start = time.perf_counter()
+    before = psutil.Process().memory_info().rss
     size = model_size("mlp", {"hidden": [100000, 100000]}, (1, 8, 8), 10)
     assert size.params == 64 * 100000 + 100000 + 100000 * 100000 + 100000 + 100000 * 10 + 10
-    assert time.perf_counter() - start < 60  # a real allocation would fail, not be slow
+    assert psutil.Process().memory_info().rss - before < 1 << 30  # not the 40 GB it describes
     assert torch.get_default_device().type == "cpu"  # the meta device did not leak
 
 

@@ -7,16 +7,17 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from store.auth import get_or_create_project, set_webhook_secret
 from store.db import session_scope
 from store.jobs import request_cancel
-from store.models import Job, JobEvent, JobStatus, WebhookDelivery
+from store.models import Job, JobEvent, JobStatus, WebhookDelivery, utcnow
 from store.settings import Settings
 from worker.reconciler import reconcile
 from worker.runner import Outcome
@@ -247,7 +248,7 @@ def test_retries_a_worker_could_not_wait_for_are_left_to_the_reconciler(
 
     receiver.statuses = [500]
     impatient = hook_settings.model_copy(
-        update={"webhook_inline_seconds": 0.0, "webhook_backoff_seconds": 0.2}
+        update={"webhook_inline_seconds": 0.0, "webhook_backoff_seconds": 3600.0}
     )
     job_id = jobs.make(tiny(notify={"webhook_url": receiver.url}, train={"epochs": 1}))
     assert execute_job(job_id, impatient, engine, blobs, "w1").status == JobStatus.succeeded
@@ -256,9 +257,12 @@ def test_retries_a_worker_could_not_wait_for_are_left_to_the_reconciler(
     assert (d.status, d.attempts) == ("pending", 1)
     reconcile(impatient, engine, app)  # not due yet: nothing sent
     assert len(receiver.requests) == 1
-    import time
-
-    time.sleep(0.3)
+    with session_scope(engine) as s:  # the backoff has passed (no waiting on the clock)
+        s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
     reconcile(impatient, engine, app)
     assert len(receiver.requests) == 2
     (d,) = deliveries(engine, job_id)
