@@ -32,6 +32,10 @@ class Callbacks:
     def on_epoch_end(self, record: EpochRecord) -> None:
         pass
 
+    def on_resume(self, stage: str, history: list[EpochRecord]) -> None:
+        """A stage resumed from its checkpoint: `history` holds the epochs it will not run
+        again (a worker killed between a checkpoint and its epoch's metrics lost those)."""
+
     def on_stage_end(self, stage: str) -> None:
         pass
 

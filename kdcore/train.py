@@ -294,6 +294,7 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
         _restore_rng(saved["rng"], generator)
         result.history = [EpochRecord(**r) for r in saved["history"]]
         result.resumed_from_epoch = int(saved["epoch"])
+        cb.on_resume(stage, list(result.history))
 
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)

@@ -156,6 +156,18 @@ class JobCallbacks(Callbacks):
         self._report(record.stage, record.epoch, force=True)
         self.extra.on_epoch_end(record)
 
+    def on_resume(self, stage: str, history: list[EpochRecord]) -> None:
+        """Record the metrics of the epochs the checkpoint holds (an epoch whose worker died
+        after its checkpoint and before its metrics would otherwise be missing for good;
+        recording overwrites, so the others are unchanged)."""
+        for record in history:
+            values = {name: float(getattr(record, name)) for name in METRICS}
+            self._write(
+                "metrics",
+                lambda s, r=record, v=values: record_metrics(s, self.claim, r.stage, r.epoch, v),
+            )
+        self.extra.on_resume(stage, history)
+
     def on_stage_end(self, stage: str) -> None:
         self._advance(self.model.end(stage))
         data: dict = {"stage": stage}

@@ -1,5 +1,6 @@
 """The training loop: determinism, resume = uninterrupted, teacher cache = no cache, cancel."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,35 @@ def test_resume_equals_uninterrupted(tmp_path: Path, augment) -> None:
     assert res.resumed_from_epoch == 2
     assert [r.train_loss for r in res.history] == [r.train_loss for r in full.history]
     assert_same_weights(whole, resumed)
+
+
+class Resumes(Callbacks):
+    def __init__(self) -> None:
+        self.resumed: list[tuple[str, list[EpochRecord]]] = []
+
+    def on_resume(self, stage: str, history: list[EpochRecord]) -> None:
+        self.resumed.append((stage, history))
+
+
+def test_a_resumed_stage_hands_back_the_epochs_its_checkpoint_holds(tmp_path: Path) -> None:
+    """Killed after epoch 2's checkpoint but before epoch 2's callbacks ran (CrashAfter raises
+    there): the resumed stage gives its callbacks both epochs, so their metrics can be kept."""
+    ckpt = FolderCheckpoints(tmp_path)
+    seen: list[EpochRecord] = []
+
+    class Keep(CrashAfter):
+        def on_epoch_end(self, record: EpochRecord) -> None:
+            seen.append(record)
+            super().on_epoch_end(record)
+
+    context = StageContext(name="s", data=tiny_data(), train=SPEC, checkpoints=ckpt)
+    with pytest.raises(Crash):
+        fit(student(), registry.build("ce"), dataclasses.replace(context, callbacks=Keep(2)))
+    resumes = Resumes()
+    fit(student(), registry.build("ce"), dataclasses.replace(context, callbacks=resumes))
+    [(stage, history)] = resumes.resumed
+    assert stage == "s" and history == seen[:2]
+    assert Resumes().resumed == []  # a stage that starts fresh reports no resume
 
 
 def test_finished_stage_is_not_retrained(tmp_path: Path) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import pytest
+from sqlalchemy import Engine
+
+from kdcore.callbacks import EpochRecord
 from kdcore.validation import parse_spec
+from store import jobs as store_jobs
+from store.db import session_scope
+from store.models import Metric
+from store.settings import Settings
 from worker.inputs import public_message, safe_filename
-from worker.progress import ProgressModel, stage_weights
+from worker.lease import Lease
+from worker.progress import JobCallbacks, ProgressModel, stage_weights
 
 BASE = {
     "name": "p",
@@ -103,3 +112,27 @@ def test_public_message_hides_local_paths() -> None:
     names = {"/tmp/w/inputs/data.source/d.npz": "upload:abc (d.npz)"}
     msg = public_message("/tmp/w/inputs/data.source/d.npz is not readable", names)
     assert msg == "upload:abc (d.npz) is not readable"
+
+
+def test_a_resumed_stage_keeps_the_metrics_of_every_checkpointed_epoch(
+    jobs: Any, engine: Engine, settings: Settings
+) -> None:
+    """A worker killed between epoch 2's checkpoint and its metrics: the next attempt resumes
+    after epoch 2 and records both epochs from the checkpoint (epoch 1's value, already there,
+    is rewritten unchanged)."""
+    job_id = jobs.make()
+    with session_scope(engine) as s:
+        claim = store_jobs.claim(s, job_id, "w1", lease_s=60)
+    assert claim is not None
+    callbacks = JobCallbacks(
+        engine, claim, parse_spec(jobs.get(job_id).spec), Lease(engine, claim, settings)
+    )
+    history = [
+        EpochRecord("distill", epoch, 1.0 / epoch, 50.0 + epoch, 0.01, 1.0, 0.9) for epoch in (1, 2)
+    ]
+    callbacks.on_epoch_end(history[0])
+    callbacks.on_resume("distill", history)
+    rows = jobs.rows(Metric, job_id)
+    got = {(m.epoch, m.name): m.value for m in rows}
+    assert len(rows) == 6
+    assert got[(2, "student_accuracy")] == 52.0 and got[(1, "train_loss")] == 1.0
