@@ -161,6 +161,9 @@ def _use_our_422(doc: dict[str, Any]) -> None:
         schemas.pop(unused, None)
 
 
+app: FastAPI  # declared only: the first `api.main.app` goes through __getattr__ below
+
+
 def __getattr__(name: str) -> Any:
     """`api.main.app`, built from the environment's settings on first use."""
     if name == "app":

@@ -84,10 +84,8 @@ def upload_errors(spec: JobSpec, session: Session, owner: str | None) -> list[tu
                     f"needs a {kind}; upload the file with kind={kind}",
                 )
             )
-        elif kind == "dataset":
-            problem = _dataset_type_problem(upload)
-            if problem:
-                errors.append((loc, problem))
+        elif kind == "dataset" and (type_problem := _dataset_type_problem(upload)):
+            errors.append((loc, type_problem))
     return errors
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -43,7 +43,7 @@ from client.errors import (
     WaitTimeout,
     error_from_response,
 )
-from client.specfile import local_files, read_spec, with_uploads
+from client.specfile import Kind, local_files, read_spec, with_uploads
 from client.sse import events as sse_events
 from kdcore.report import Evaluation
 
@@ -72,7 +72,6 @@ __all__ = [
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 RETRY_STATUS = frozenset({502, 503, 504})
-Kind = Literal["model", "dataset"]
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -21,16 +21,19 @@ from kdcore.spec import JOB_PREFIX, UPLOAD_PREFIX, set_path
 
 BUILTIN_DATA = frozenset({"digits", "synthetic"})
 MODEL_KEYS = ("checkpoint", "torchscript", "onnx")
+Kind = Literal["model", "dataset"]  # of an upload
 
 
-def file_fields(spec: dict[str, Any]) -> list[tuple[str, Any, str]]:
+def file_fields(spec: dict[str, Any]) -> list[tuple[str, Any, Kind]]:
     """(field path, value, upload kind) of every file field of a plain spec dict: the fields
     kdcore.spec.file_references reports for a validated spec."""
 
     def section(value: Any) -> dict[str, Any]:
         return value if isinstance(value, dict) else {}
 
-    fields = [(f"teacher.{k}", section(spec.get("teacher")).get(k), "model") for k in MODEL_KEYS]
+    fields: list[tuple[str, Any, Kind]] = [
+        (f"teacher.{k}", section(spec.get("teacher")).get(k), "model") for k in MODEL_KEYS
+    ]
     teachers = spec.get("teachers")
     for i, entry in enumerate(teachers if isinstance(teachers, list) else []):
         fields += [(f"teachers.{i}.{k}", section(entry).get(k), "model") for k in MODEL_KEYS]
@@ -42,7 +45,7 @@ def file_fields(spec: dict[str, Any]) -> list[tuple[str, Any, str]]:
 @dataclass(frozen=True)
 class LocalFile:
     loc: str  # "teacher.onnx"
-    kind: str  # "model" | "dataset"
+    kind: Kind
     path: Path
 
 

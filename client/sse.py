@@ -10,7 +10,8 @@ from typing import Any
 
 def events(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
     """(event name, decoded JSON data) for each event in a stream of lines."""
-    name, data = "message", []
+    name = "message"
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:

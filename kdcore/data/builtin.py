@@ -67,8 +67,8 @@ def _basis(rng: np.random.Generator, k: int, shape: tuple[int, ...]) -> np.ndarr
         # Random patterns at a quarter of the resolution, interpolated up: smooth in space.
         coarse = rng.standard_normal((k, shape[0], *(max(1, -(-s // 4)) for s in shape[1:])))
         mode = "linear" if len(shape) == 2 else "bilinear"
-        b = F.interpolate(torch.from_numpy(coarse), size=shape[1:], mode=mode, align_corners=False)
-        b = b.numpy()
+        up = F.interpolate(torch.from_numpy(coarse), size=shape[1:], mode=mode, align_corners=False)
+        b = up.numpy()
     dim = math.prod(shape)
     q, _ = np.linalg.qr(b.reshape(k, dim).T)  # (dim, k), orthonormal columns
     return q.T * math.sqrt(dim / k)

@@ -28,7 +28,7 @@ def field_error(
         model,
         [
             InitErrorDetails(
-                type=PydanticCustomError("value_error", message),  # type: ignore[typeddict-item]
+                type=PydanticCustomError("value_error", message),
                 loc=loc,
                 input=value,
             )

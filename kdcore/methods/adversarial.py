@@ -51,7 +51,7 @@ class _Reverse(torch.autograd.Function):
 
 def reverse_gradient(x: Tensor) -> Tensor:
     """Identity forward; the gradient flowing back through it is negated."""
-    return _Reverse.apply(x)  # type: ignore[no-any-return]
+    return _Reverse.apply(x)
 
 
 @register("adversarial")

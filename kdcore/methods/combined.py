@@ -39,7 +39,7 @@ class _TermWeight(BaseModel):
 
 def _error(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> InitErrorDetails:
     return InitErrorDetails(
-        type=PydanticCustomError(kind, message),  # type: ignore[typeddict-item]
+        type=PydanticCustomError(kind, message),
         loc=loc,
         input=value,
     )

@@ -59,7 +59,7 @@ def select_logits(out: Any, key: OutputKey, field: str = "output") -> Tensor:
             found = out[key]
     elif isinstance(out, Mapping):
         found = out.get(key)
-    else:
+    elif isinstance(key, str):
         found = getattr(out, key, None)
     if not isinstance(found, Tensor):
         hint = (
@@ -84,10 +84,10 @@ class LogitsOutput(nn.Module):
         return select_logits(self.inner(x), self.key, self.field)
 
     # The architecture's own keys, so checkpoints and exported weights do not change.
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.inner.load_state_dict(*args, **kwargs)
 
 
@@ -97,8 +97,8 @@ def hook_target(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, LogitsOutput):
             model = model.inner
-        elif isinstance(getattr(model, "feature_model", None), nn.Module):
-            model = model.feature_model  # type: ignore[assignment]
+        elif isinstance(inner := getattr(model, "feature_model", None), nn.Module):
+            model = inner
         else:
             return model
 

@@ -16,6 +16,7 @@ from kdcore.build import build_student
 from kdcore.errors import InputError
 from kdcore.methods.gpd import GPDParams
 from kdcore.schemes.base import FieldErrors, JobState, StudentScheme, register
+from kdcore.schemes.gpd.cbr import Init
 from kdcore.schemes.gpd.trainee import GPDTrainee
 from kdcore.spec import JobSpec, TrainSpec
 
@@ -57,7 +58,7 @@ class GapPreservingScheme(StudentScheme):
         layer the expansion cannot handle is an error on `student.arch` before any training."""
         spec, p = job.spec, params(job.spec)
         student = build_student(spec, job.data)
-        branches = None
+        branches: Init | None = None
         if p.cbr:
             branches = "finetune" if spec.student.checkpoint else "fresh"
         try:

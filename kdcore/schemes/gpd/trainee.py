@@ -27,7 +27,7 @@ class GPDTrainee(nn.Module):
         ratio: int,
         noise: float,
         seed: int,
-        branches: str | None = None,
+        branches: cbr.Init | None = None,
     ):
         """`branches`: None (no CBR), "finetune" (branches added around the student's own
         weights, the function unchanged) or "fresh" (a student trained from scratch)."""
