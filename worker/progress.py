@@ -145,14 +145,17 @@ class JobCallbacks(Callbacks):
         self._report(stage, epoch)
         self.extra.on_step(stage, epoch, step, loss)
 
-    def on_epoch_end(self, record: EpochRecord) -> None:
+    def _write_metrics(self, record: EpochRecord) -> None:
         values = {name: float(getattr(record, name)) for name in METRICS}
-        steps = self.model.steps.get(record.stage, (1, 1))[1]
-        self._advance(self.model.at(record.stage, record.epoch, steps))
         self._write(
             "metrics",
             lambda s: record_metrics(s, self.claim, record.stage, record.epoch, values),
         )
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        steps = self.model.steps.get(record.stage, (1, 1))[1]
+        self._advance(self.model.at(record.stage, record.epoch, steps))
+        self._write_metrics(record)
         self._report(record.stage, record.epoch, force=True)
         self.extra.on_epoch_end(record)
 
@@ -161,11 +164,7 @@ class JobCallbacks(Callbacks):
         after its checkpoint and before its metrics would otherwise be missing for good;
         recording overwrites, so the others are unchanged)."""
         for record in history:
-            values = {name: float(getattr(record, name)) for name in METRICS}
-            self._write(
-                "metrics",
-                lambda s, r=record, v=values: record_metrics(s, self.claim, r.stage, r.epoch, v),
-            )
+            self._write_metrics(record)
         self.extra.on_resume(stage, history)
 
     def on_stage_end(self, stage: str) -> None:
