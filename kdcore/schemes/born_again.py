@@ -13,6 +13,7 @@ finished job trains only the new ones).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar
 
 from kdcore.build import build_student
@@ -36,7 +37,7 @@ class BornAgain(Scheme):
             Stage(
                 f"generation{number}",
                 spec.train.epochs,
-                lambda job, number=number: self.train_generation(job, number),  # type: ignore[misc]
+                partial(self.train_generation, number=number),
                 timing="generations",
             )
             for number in range(2, spec.generations + 1)

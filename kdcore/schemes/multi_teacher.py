@@ -15,6 +15,7 @@ first), while the response knowledge comes from all of them.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -169,7 +170,7 @@ class MultiTeacher(Scheme):
             Stage(
                 f"teacher{i + 1}",
                 t.train.epochs if t.train is not None else 0,
-                lambda job, i=i: self.resolve(job, i),  # type: ignore[misc]
+                partial(self.resolve, i=i),
                 timing="teacher",
             )
             for i, t in enumerate(spec.teachers)

@@ -13,6 +13,7 @@ apply and the student learns from the teacher exactly as in plain distillation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from torch import nn
@@ -47,7 +48,7 @@ class TeacherAssistants(Scheme):
             Stage(
                 f"assistant{i + 1}",
                 spec.train.epochs,
-                lambda job, i=i: self.train_link(job, i),  # type: ignore[misc]
+                partial(self.train_link, i=i),
                 timing="assistants",
             )
             for i in range(len(spec.assistants))
