@@ -329,7 +329,7 @@ def spawn_worker(stack: Any, name: str) -> Any:
 def stop_workers(stack: Any) -> None:
     """Stop every worker (the API and the reconciler keep running)."""
     for proc in stack.procs:
-        if proc.alive() and "worker" in " ".join(proc.popen.args):
+        if proc.alive() and "celery" in proc.popen.args:
             proc.kill()
 
 
