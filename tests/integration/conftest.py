@@ -17,6 +17,7 @@ process: SIGTERM to the group, then SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -519,6 +520,27 @@ def locks(service_db: str) -> Iterator[Locks]:
         yield made
     finally:
         made.close()
+
+
+#: A job that trains in about a second (teacher trained in the job, one epoch each).
+TINY_JOB: dict[str, Any] = {
+    "name": "it-tiny",
+    "teacher": {"arch": "mlp", "kwargs": {"hidden": [16]}, "train": {"epochs": 1}},
+    "student": {"arch": "mlp", "kwargs": {"hidden": [4]}},
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"input_shape": [8], "num_classes": 3, "n_train": 64, "n_val": 32},
+    },
+    "train": {"epochs": 1, "batch_size": 16},
+    "evaluate": {"latency_runs": 1},
+    "export": ["safetensors"],
+}
+
+
+@pytest.fixture
+def tiny_job() -> dict[str, Any]:
+    """A copy of TINY_JOB (conftest is not importable from the test modules)."""
+    return copy.deepcopy(TINY_JOB)
 
 
 @pytest.fixture

@@ -18,18 +18,6 @@ import psutil
 import redis
 
 CANCELLED = 4
-TINY: dict[str, Any] = {
-    "name": "it-backlog",
-    "teacher": {"arch": "mlp", "kwargs": {"hidden": [16]}, "train": {"epochs": 1}},
-    "student": {"arch": "mlp", "kwargs": {"hidden": [4]}},
-    "data": {
-        "source": "synthetic",
-        "synthetic": {"input_shape": [8], "num_classes": 3, "n_train": 64, "n_val": 32},
-    },
-    "train": {"epochs": 1, "batch_size": 16},
-    "evaluate": {"latency_runs": 1},
-    "export": ["safetensors"],
-}
 
 
 def messages_left(redis_url: str, queue: str) -> list[str]:
@@ -43,15 +31,17 @@ def messages_left(redis_url: str, queue: str) -> list[str]:
         client.close()
 
 
-def test_cancelled_jobs_messages_are_dropped_without_a_child_process(stacks: Any) -> None:
+def test_cancelled_jobs_messages_are_dropped_without_a_child_process(
+    stacks: Any, tiny_job: dict[str, Any]
+) -> None:
     stack = stacks("backlog")
     api = stack.start_api()
     cancelled = []
     for _ in range(CANCELLED):
-        job_id = api.submit(TINY)["id"]
+        job_id = api.submit(tiny_job)["id"]
         assert api.http.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
         cancelled.append(job_id)
-    new = api.submit(TINY)["id"]
+    new = api.submit(tiny_job)["id"]
     assert len(messages_left(stack.redis_url, stack.queue)) == CANCELLED + 1
 
     worker = stack.start_worker("w")

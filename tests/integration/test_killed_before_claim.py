@@ -20,18 +20,6 @@ from sqlalchemy import text
 from worker.reconciler import job_id_of
 
 REQUEUE_AFTER_S = 5  # the reconciler's requeue age here (the stack's default is 30 s)
-TINY: dict[str, Any] = {
-    "name": "it-killed-before-claim",
-    "teacher": {"arch": "mlp", "kwargs": {"hidden": [16]}, "train": {"epochs": 1}},
-    "student": {"arch": "mlp", "kwargs": {"hidden": [4]}},
-    "data": {
-        "source": "synthetic",
-        "synthetic": {"input_shape": [8], "num_classes": 3, "n_train": 64, "n_val": 32},
-    },
-    "train": {"epochs": 1, "batch_size": 16},
-    "evaluate": {"latency_runs": 1},
-    "export": ["safetensors"],
-}
 
 
 def messages(redis_url: str, queue: str, job_id: str) -> tuple[int, int]:
@@ -49,11 +37,11 @@ def messages(redis_url: str, queue: str, job_id: str) -> tuple[int, int]:
 
 
 def test_job_whose_worker_died_between_delivery_and_claim_is_enqueued_again(
-    stacks: Any, locks: Any
+    stacks: Any, locks: Any, tiny_job: dict[str, Any]
 ) -> None:
     stack = stacks("unclaimed")
     api = stack.start_api()
-    job_id = api.submit(TINY)["id"]  # no worker yet: the message waits on the queue
+    job_id = api.submit(tiny_job)["id"]  # no worker yet: the message waits on the queue
     assert messages(stack.redis_url, stack.queue, job_id) == (1, 0)
 
     with locks.engine.connect() as lock:
