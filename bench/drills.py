@@ -73,6 +73,17 @@ class Row:
     errors_5xx: int = 0
     notes: list[str] = field(default_factory=list)
 
+    def judge(self, api: Any, job_id: str, duplicated: Callable[[dict[str, Any]], bool]) -> None:
+        """Wait for the job to end: recovered if it succeeded (and `duplicated(job)` says
+        whether it ran more than once), lost otherwise or at the deadline."""
+        final = ended(api, job_id, timeout=300)
+        if final is None or final["status"] != "succeeded":
+            self.lost += 1
+            self.notes.append(lost_note(api, job_id))
+            return
+        self.recovered += 1
+        self.duplicated += ran_more_than_once(api, job_id) or duplicated(final)
+
 
 def spec(name: str, epochs: int = 2, n_train: int = 256) -> dict[str, Any]:
     """A small job; `epochs` and `n_train` set how long the distill stage runs."""
@@ -170,15 +181,12 @@ def kill_mid_epoch(stack: Any, trials: int) -> Row:
         if not training:
             row.notes.append(f"trial {i}: never reached epoch 2")
         stack.start_worker(f"mid{i}b")
-        final = ended(api, job, timeout=300)
-        if final is None or final["status"] != "succeeded":
-            row.lost += 1
-            row.notes.append(lost_note(api, job))
-        else:
-            row.recovered += 1
-            # a finished epoch trained again: the resume started before the last checkpoint
-            recomputed = any(k < done_at_kill for k in resumed_from(api, job))
-            row.duplicated += ran_more_than_once(api, job) or recomputed
+        # duplicated also when a finished epoch trained again (resumed before its checkpoint)
+        row.judge(
+            api,
+            job,
+            lambda _, job=job, done=done_at_kill: any(k < done for k in resumed_from(api, job)),
+        )
         stop_workers(stack)
     return row
 
@@ -197,13 +205,7 @@ def kill_before_claim(stack: Any, trials: int, client: redis.Redis) -> Row:
         if not delivered or api.job(job)["status"] != "queued":
             missed += 1  # the window was missed: still a kill, still must recover
         stack.start_worker(f"claim{i}b")
-        final = ended(api, job, timeout=300)
-        if final is None or final["status"] != "succeeded":
-            row.lost += 1
-            row.notes.append(lost_note(api, job))
-        else:
-            row.recovered += 1
-            row.duplicated += ran_more_than_once(api, job)
+        row.judge(api, job, lambda _: False)
         stop_workers(stack)
     if missed:
         row.notes.append(f"{missed} kills came after the claim")
@@ -218,13 +220,7 @@ def broker_flush(stack: Any, trials: int, client: redis.Redis) -> Row:
     stack.start_worker("flush")
     for job in jobs:
         row.trials += 1
-        final = ended(api, job, timeout=300)
-        if final is None or final["status"] != "succeeded":
-            row.lost += 1
-            row.notes.append(lost_note(api, job))
-        else:
-            row.recovered += 1
-            row.duplicated += ran_more_than_once(api, job)
+        row.judge(api, job, lambda _: False)
     stop_workers(stack)
     return row
 
@@ -242,12 +238,7 @@ def duplicate_delivery(stack: Any, trials: int, copies: int = 3) -> Row:
         job = api.submit(spec(f"dup-{i}"))["id"]
         for _ in range(copies):
             enqueue(job, 600, app=app)
-        final = ended(api, job, timeout=300)
-        if final is None or final["status"] != "succeeded":
-            row.lost += 1
-            continue
-        row.recovered += 1
-        row.duplicated += ran_more_than_once(api, job) or final["attempts"] != 1
+        row.judge(api, job, lambda final: final["attempts"] != 1)
     stop_workers(stack)
     return row
 
