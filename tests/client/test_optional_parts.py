@@ -46,6 +46,15 @@ def test_engine_commands_without_torch_say_what_to_install(args: list[str]) -> N
     assert not (ROOT / "never-written").exists()
 
 
+def test_validate_without_torch_says_so_before_checking_the_spec(tmp_path: Path) -> None:
+    """The spec's shape can be checked without torch, but a half-checked spec would mislead:
+    the missing engine is reported first."""
+    incomplete = tmp_path / "x.yaml"
+    incomplete.write_text("name: x\n")
+    r = distill_without(["torch"], "validate", str(incomplete))
+    assert r["code"] == 1 and "pip install 'distillery[engine]'" in str(r["err"])
+
+
 @pytest.mark.parametrize(
     "args", [["serve"], ["keys", "create", "--project", "x"], ["projects", "list"]]
 )
