@@ -97,8 +97,33 @@ def accuracy_from_logits(logits: Tensor, y: Tensor) -> float:
 def accuracy(
     model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, device: Device = "cpu"
 ) -> float:
-    """Top-1 accuracy of `model` on (x, y), in percent 0..100."""
-    return accuracy_from_logits(predict_logits(model, x, batch_size, device), y.cpu())
+    """Top-1 accuracy of `model` on (x, y), in percent 0..100.
+
+    Counted on `device` batch by batch under `torch.inference_mode` (no logits gathered or
+    copied to the host: one small read-back per batch); eval mode for the duration, modes
+    restored."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if y.ndim == 2:
+        y = y.argmax(dim=1)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} rows but {len(y)} labels")
+    if len(y) == 0:
+        # An empty split has no accuracy; returning 0 or 100 would mislead a gate.
+        raise ValueError("accuracy of an empty set is undefined")
+    dev = _resolve(device)
+    runner = _on_device(model, dev)
+    correct = 0
+    with _eval_mode(model), _eval_mode(runner), torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            out = runner(x[start : start + batch_size].to(dev))
+            if isinstance(out, tuple | list):  # models that also return features
+                out = out[0]
+            if out.ndim != 2:
+                raise ValueError(f"logits must be (N, classes), got shape {tuple(out.shape)}")
+            yb = y[start : start + batch_size].to(out.device).long()
+            correct += int((out.argmax(dim=1) == yb).sum())
+    return 100.0 * correct / len(y)
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,9 +1,9 @@
 """The one training loop every method and scheme runs through.
 
 It is deterministic on CPU for a given seed (one torch.Generator drives shuffling and
-augmentation; the global RNG, used by dropout, is seeded and checkpointed), checkpoints after
-every epoch, and resumes from the last checkpoint so that an interrupted-then-resumed run ends
-with exactly the weights of an uninterrupted one.
+augmentation; the global RNG, used by dropout, is seeded and checkpointed), checkpoints at epoch
+ends (by time: see `fit`), and resumes from the last checkpoint so that an
+interrupted-then-resumed run ends with exactly the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ from kdcore.methods.base import Method, StepOutputs
 from kdcore.spec import OptimizerSpec, SchedulerSpec, TrainSpec
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+#: The training loss is read back from the device (a sync on GPU) every this many steps and at
+#: each epoch's last step; progress callbacks see the latest value read.
+LOSS_SYNC_EVERY = 25
+#: Seconds between checkpoint writes inside a stage (see `fit`).
+CHECKPOINT_EVERY_S = 30.0
+#: Rows per forward when the student's validation accuracy is measured after each epoch.
+EVAL_BATCH = 4096
 
 
 def select_device(name: str) -> torch.device:
@@ -190,18 +198,27 @@ class _Stepper:
         self, x: Tensor, y: Tensor, batch_size: int, epoch: int, stage: str, cb: Callbacks
     ) -> float:
         """One pass over the shuffled data (0-based `epoch`); returns the mean training loss.
-        Raises `Cancelled` at a batch boundary when a callback asks to stop."""
-        total, seen = 0.0, 0
-        for step, idx in enumerate(batches(len(x), batch_size, self.generator)):
+        Raises `Cancelled` at a batch boundary when a callback asks to stop.
+
+        The loss stays a tensor: it is read back (`.item()`, a device sync on GPU) every
+        `LOSS_SYNC_EVERY` steps and at the epoch's last step only; `on_step` gets the latest
+        value read."""
+        parts = batches(len(x), batch_size, self.generator)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen, last, final = 0, float("nan"), len(parts) - 1
+        for step, idx in enumerate(parts):
             if cb.should_cancel():
                 raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
             loss = self.step(x, y, idx.to(self.device), epoch, step)
-            total += loss * len(idx)
+            total.add_(loss, alpha=len(idx))
             seen += len(idx)
-            cb.on_step(stage, epoch + 1, step + 1, loss)
-        return total / max(seen, 1)
+            if step % LOSS_SYNC_EVERY == 0 or step == final:
+                last = loss.item()
+            cb.on_step(stage, epoch + 1, step + 1, last)
+        return total.item() / max(seen, 1)
 
-    def step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int, step: int) -> float:
+    def step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int, step: int) -> Tensor:
+        """One optimizer step; returns the (detached) loss, not read back."""
         xb, yb = x[idx], y[idx]
         if self.augment is not None:
             xb = self.augment(xb, self.generator)
@@ -214,14 +231,23 @@ class _Stepper:
             )
             loss = self.method(out)
         self.optimizer.zero_grad(set_to_none=True)
+        if not self.scaler.is_enabled():  # CPU, or AMP in bfloat16: no loss scaling to do
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            return loss.detach()
         self.scaler.scale(loss).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.item()
+        return loss.detach()
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
 
 @dataclass(frozen=True)
@@ -298,6 +324,7 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
 
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     # Cached logits skip the teacher's forward, so a method reading teacher features needs it live.
     use_cache = (
         ctx.teacher.cache
@@ -325,6 +352,11 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
     steps = len(batches(len(x_train), train.batch_size, torch.Generator()))
     cb.on_stage_start(stage, train.epochs, steps)
 
+    # Checkpoints: the state after every epoch is kept in memory; it is written to the store at
+    # the last epoch, when CHECKPOINT_EVERY_S have passed since the last write, and when the
+    # stage stops on an exception (a small model's write costs as much as a whole epoch).
+    pending: dict[str, Any] | None = None
+    last_write = time.monotonic()
     try:
         for epoch in range(result.resumed_from_epoch, train.epochs):
             started = time.perf_counter()
@@ -340,33 +372,58 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
                 stage=stage,
                 epoch=epoch + 1,
                 train_loss=train_loss,
-                student_accuracy=accuracy(student, data.x_val, data.y_val, device=device),
+                student_accuracy=accuracy(student, x_val, y_val, EVAL_BATCH, device=device),
                 lr=lr,
                 seconds=time.perf_counter() - started,
                 train_seconds=train_seconds,
             )
             result.history.append(record)
             if ctx.checkpoints is not None:
-                ctx.checkpoints.save(
-                    stage,
-                    _checkpoint(
-                        student,
-                        method,
-                        optimizer,
-                        scheduler,
-                        scaler,
-                        generator,
-                        epoch + 1,
-                        result.history,
-                        ctx.fingerprint,
-                    ),
+                state = _checkpoint(
+                    student,
+                    method,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    generator,
+                    epoch + 1,
+                    result.history,
+                    ctx.fingerprint,
                 )
+                now = time.monotonic()
+                if epoch + 1 == train.epochs or now - last_write >= CHECKPOINT_EVERY_S:
+                    ctx.checkpoints.save(stage, state)
+                    pending, last_write = None, now
+                else:
+                    pending = _snapshot(state)
             cb.on_epoch_end(record)
         cb.on_stage_end(stage)
+    except BaseException:
+        # Stopped by an exception (a cancel, a crash in a callback, Ctrl-C): keep the last
+        # finished epoch so a rerun resumes from it. Only a killed process loses more (at most
+        # CHECKPOINT_EVERY_S of training), and resuming from an older epoch is still exact.
+        if pending is not None and ctx.checkpoints is not None:
+            with contextlib.suppress(Exception):
+                ctx.checkpoints.save(stage, pending)
+        raise
     finally:
         for h in hooks:
             h.remove()
     return result
+
+
+def _snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint whose tensors (on CPU) no longer follow training."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, _snapshot(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module's state_dict: versions for load_state_dict
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
 
 
 def _checkpoint(
