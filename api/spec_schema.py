@@ -81,6 +81,12 @@ def teacher_variants(schema: dict[str, Any], prefix: str) -> dict[str, Any]:
         if source in ("train", "checkpoint"):
             p.update(arch=_ref("Architecture"), kwargs=props["kwargs"])
             required = ["arch", source]
+            if source == "train":  # trained on what the student sees
+                inputs = props["inputs"]
+                p["inputs"] = {
+                    **inputs,
+                    "anyOf": [{"type": "string", "enum": ["normalized"]}, NULL],
+                }
         else:  # the file carries its architecture; BatchNorm's train mode needs one
             p.update(arch=NULL, kwargs={"type": "object", "maxProperties": 0})
             p["mode"] = {**props["mode"], "enum": ["eval"]}

@@ -90,6 +90,21 @@ class TeacherSpec(Strict):
         "Either way no teacher parameter is ever trained",
     )
 
+    inputs: Literal["raw", "normalized"] | None = Field(
+        None,
+        description="what the teacher receives: raw (the data as the file holds it, before "
+        "data.normalize) or normalized (what the student sees). Default: raw for a teacher "
+        "given as a file (checkpoint, torchscript, onnx), which was trained on its own inputs; "
+        "normalized for a teacher trained in the job (the only choice there)",
+    )
+    expected_accuracy: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="percent the teacher is known to reach on this data: the job stops before "
+        "distilling when it scores more than 10 points below on the evaluation split",
+    )
+
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSpec:
         given = [k for k in ("checkpoint", "torchscript", "onnx", "train") if getattr(self, k)]
@@ -107,7 +122,19 @@ class TeacherSpec(Strict):
                 f"teacher.mode train needs a teacher with an architecture (checkpoint or train), "
                 f"not {given[0]}; use mode eval"
             )
+        if self.inputs == "raw" and given[0] == "train":
+            raise ValueError(
+                "a teacher trained in the job trains on what the student sees; remove "
+                "teacher.inputs (or set it to normalized), or turn off data.normalize"
+            )
         return self
+
+    @property
+    def input_mode(self) -> str:
+        """`inputs`, or its default: raw for a teacher file, normalized when trained here."""
+        if self.inputs is not None:
+            return self.inputs
+        return "normalized" if self.source == "train" else "raw"
 
     @property
     def source(self) -> str:
@@ -191,7 +218,12 @@ class DataSpec(Strict):
     labeled_fraction: float = Field(
         1.0, gt=0, le=1, description="keep labels for this share of training rows (seeded)"
     )
-    normalize: bool = Field(True, description="standardise with training-set statistics")
+    normalize: bool = Field(
+        True,
+        description="standardise with training-set statistics what the student (and a teacher "
+        "trained in the job) sees; student.json records them. A teacher file gets its own "
+        "inputs (teacher.inputs)",
+    )
     synthetic: SyntheticSpec = SyntheticSpec()
     augment: AugmentSpec = AugmentSpec()
     seed: int = 0

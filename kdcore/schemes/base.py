@@ -98,21 +98,20 @@ class JobState:
         s = self.spec
         return fingerprint(s.student, s.data, s.train, s.method, *self.upstream)
 
-    def figures(self, model: nn.Module) -> dict[str, Any]:
+    def figures(self, model: nn.Module, accuracy: float | None = None) -> dict[str, Any]:
         """Accuracy, parameters, size and CPU latency of `model` on the evaluation split (the
-        model is moved to the CPU)."""
-        s = evaluate.summarize(
-            model.cpu(),
-            self.data.x_val,
-            self.data.y_val,
-            latency_batch_size=self.spec.evaluate.latency_batch_size,
-            runs=self.spec.evaluate.latency_runs,
+        model is moved to the CPU); `accuracy`, when given, is one already measured (a frozen
+        teacher's, by the check before distilling) and is not measured again."""
+        model = model.cpu()
+        val, spec = self.data.x_val, self.spec.evaluate
+        latency = evaluate.cpu_latency_ms(
+            model, val[: spec.latency_batch_size].cpu(), runs=spec.latency_runs
         )
         return {
-            "accuracy": round(s.accuracy, 4),
-            "params": s.params,
-            "size_bytes": s.size_bytes,
-            "latency_ms": round(s.latency_ms, 4),
+            "accuracy": self.accuracy(model) if accuracy is None else accuracy,
+            "params": evaluate.count_params(model),
+            "size_bytes": evaluate.size_bytes(model),
+            "latency_ms": round(latency, 4),
         }
 
     def accuracy(self, model: nn.Module) -> float:

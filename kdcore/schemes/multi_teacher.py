@@ -181,7 +181,7 @@ class MultiTeacher(Scheme):
         assert spec.teachers is not None
         settings = spec.multi_teacher or MultiTeacherSpec()
         layers = job.method.teacher_layers() if i == settings.feature_teacher else []
-        model, history = resolve_teacher(
+        resolved = resolve_teacher(
             job,
             without_weight(spec.teachers[i]),
             layers,
@@ -189,11 +189,11 @@ class MultiTeacher(Scheme):
             stage=f"teacher{i + 1}",
         )
         members = job.scratch.setdefault(self.name, [])
-        members.append((model, history))
+        members.append(resolved)
         if len(members) < len(spec.teachers):
             return
         needs_features = bool(job.method.teacher_layers())
-        ensemble = build(spec, [m for m, _ in members], job.method.hparams, needs_features)
+        ensemble = build(spec, [r.model for r in members], job.method.hparams, needs_features)
         mode = "train" if any(t.mode == "train" for t in spec.teachers) else "eval"
         job.teaching = Teaching(ensemble, mode, cache=ensemble.combine == "average")
         job.upstream = [*spec.teachers, settings]
@@ -201,8 +201,8 @@ class MultiTeacher(Scheme):
 
     def report(self, job: JobState) -> dict[str, Any]:
         members = job.scratch[self.name]
-        summaries = [job.figures(m) for m, _ in members]
+        summaries = [job.figures(r.model, accuracy=r.accuracy) for r in members]
         ensemble = job.scratch[f"{self.name}.ensemble"]
         averaged = job.accuracy(ensemble) if ensemble.combine == "average" else None
-        histories = [h for _, h in members]
+        histories = [r.history for r in members]
         return {"teacher": report_section(job.spec, summaries, histories, averaged)}

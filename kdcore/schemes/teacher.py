@@ -27,16 +27,21 @@ class SingleTeacher(Scheme):
     def resolve(self, job: JobState) -> None:
         t = job.spec.teacher
         assert t is not None
-        model, history = resolve_teacher(
+        resolved = resolve_teacher(
             job, t, job.method.teacher_layers(), field="teacher", stage="teacher"
         )
-        job.teaching = Teaching(model, t.mode, cache=True)
+        job.teaching = Teaching(resolved.model, t.mode, cache=True)
         job.upstream = [t]
-        job.scratch[self.name] = (model, history)
+        job.scratch[self.name] = resolved
 
     def report(self, job: JobState) -> dict[str, Any]:
         t = job.spec.teacher
         assert t is not None
-        model, history = job.scratch[self.name]
-        section = {"source": t.source, "arch": t.arch, **job.figures(model), "history": history}
+        r = job.scratch[self.name]
+        section = {
+            "source": t.source,
+            "arch": t.arch,
+            **job.figures(r.model, accuracy=r.accuracy),
+            "history": r.history,
+        }
         return {"teacher": section}

@@ -3,17 +3,19 @@ small student, one epoch, safetensors export only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from kdcore.callbacks import Callbacks
 from kdcore.data import load_data
 from kdcore.evaluate import accuracy
 from kdcore.export import load_safetensors_student
-from kdcore.spec import JobSpec
+from kdcore.spec import DataSpec, JobSpec
 
 TEACHER: dict[str, Any] = {
     "arch": "convnet",
@@ -58,3 +60,20 @@ def assert_student_loads_back(spec: JobSpec, out: Path, report: dict[str, Any]) 
     data = load_data(spec.data)
     got = accuracy(student, data.x_val, data.y_val, device=torch.device("cpu"))
     assert got == pytest.approx(report["student"]["accuracy"], abs=1e-3)
+
+
+def fit_to_digits(
+    model: nn.Module, logits: Callable[[Any], torch.Tensor] = lambda out: out, steps: int = 60
+) -> nn.Module:
+    """`model` trained a few full-batch steps on the digits as the data holds them (what a
+    teacher file receives by default): a teacher file far from chance, which the check before
+    distilling lets through. `logits` picks the logits from the model's output."""
+    data = load_data(DataSpec(source="digits", normalize=False))
+    x = data.x_train
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(logits(model(x)), data.y_train).backward()
+        opt.step()
+    return model.eval()
