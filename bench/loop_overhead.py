@@ -11,7 +11,7 @@ so the fastest epoch is the steadiest estimate of what the loop itself costs.
 - eval+ckpt share: of a whole `fit` CE stage (wall clock of the call, checkpoints written to a
   temporary folder), the part outside the batch loops (target ≤ 10 %).
 
-    .venv/bin/python bench/loop_overhead.py [--epochs 8] [--repeats 5] [--threads 1]
+    .venv/bin/python bench/loop_overhead.py [--epochs 10] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def fit_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)  # TrainSpec's default
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--threads",

@@ -155,6 +155,9 @@ def _attach_feature_hooks(
     return s_hooks, t_hooks
 
 
+_NO_AUTOCAST = contextlib.nullcontext()
+
+
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
@@ -204,18 +207,21 @@ class _Stepper:
         `LOSS_SYNC_EVERY` steps and at the epoch's last step only; `on_step` gets the latest
         value read."""
         parts = batches(len(x), batch_size, self.generator)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        seen, last, final = 0, float("nan"), len(parts) - 1
+        losses: list[Tensor] = []
+        last, final = float("nan"), len(parts) - 1
         for step, idx in enumerate(parts):
             if cb.should_cancel():
                 raise Cancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step}")
             loss = self.step(x, y, idx.to(self.device), epoch, step)
-            total.add_(loss, alpha=len(idx))
-            seen += len(idx)
+            losses.append(loss)
             if step % LOSS_SYNC_EVERY == 0 or step == final:
                 last = loss.item()
             cb.on_step(stage, epoch + 1, step + 1, last)
-        return total.item() / max(seen, 1)
+        if not losses:
+            return 0.0
+        sizes = torch.tensor([len(idx) for idx in parts], dtype=torch.float64)
+        total = torch.stack(losses).double().cpu() @ sizes
+        return total.item() / len(x)
 
     def step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int, step: int) -> Tensor:
         """One optimizer step; returns the (detached) loss, not read back."""
@@ -224,7 +230,7 @@ class _Stepper:
             xb = self.augment(xb, self.generator)
         if self.start_step is not None:
             self.start_step(epoch + 1, step)
-        with _autocast(self.device, self.amp):
+        with self.autocast:
             teacher_logits = self.teacher_out(idx, xb)
             out = StepOutputs(
                 self.student(xb), yb, teacher_logits, self.hooks[0].take(), self.hooks[1].take()
@@ -244,6 +250,10 @@ class _Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return _autocast(self.device, self.amp) if self.amp else _NO_AUTOCAST
 
     @property
     def params(self) -> list[Tensor]:

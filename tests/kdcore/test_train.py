@@ -281,3 +281,63 @@ def test_single_row_tail_joins_previous_batch() -> None:
     parts = batches(33, 16, torch.Generator().manual_seed(0))
     assert [len(p) for p in parts] == [16, 17]
     assert sorted(torch.cat(parts).tolist()) == list(range(33))
+
+
+class CrashAtStep(Callbacks):
+    """Stops the stage mid-epoch (at `step` of 1-based `epoch`), as a cancel or a crash would."""
+
+    def __init__(self, epoch: int, step: int):
+        self.at = (epoch, step)
+
+    def on_step(self, stage: str, epoch: int, step: int, loss: float) -> None:
+        if (epoch, step) == self.at:
+            raise Crash
+
+
+class CountingStore(FolderCheckpoints):
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        self.epochs: list[int] = []
+
+    def save(self, stage: str, state: dict) -> None:
+        self.epochs.append(int(state["epoch"]))
+        super().save(stage, state)
+
+
+def test_checkpoints_are_written_by_time_and_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within CHECKPOINT_EVERY_S only the last epoch is written; with 0 s, every one."""
+    store = CountingStore(tmp_path / "a")
+    fit(student(), registry.build("ce"), StageContext("s", tiny_data(), SPEC, checkpoints=store))
+    assert store.epochs == [SPEC.epochs]
+
+    every = CountingStore(tmp_path / "b")
+    monkeypatch.setattr("kdcore.train.CHECKPOINT_EVERY_S", 0.0)
+    fit(student(), registry.build("ce"), StageContext("s", tiny_data(), SPEC, checkpoints=every))
+    assert every.epochs == list(range(1, SPEC.epochs + 1))
+
+
+def test_crash_mid_epoch_resumes_exactly_from_the_last_finished_epoch(tmp_path: Path) -> None:
+    """The unwritten checkpoint of the last finished epoch is written when the stage stops on
+    an exception; resuming from it ends with the uninterrupted run's weights."""
+    whole = student()
+    full = fit(
+        whole, registry.build("kd"), StageContext("d", tiny_data(), SPEC, Teaching(teacher()))
+    )
+    ckpt = CountingStore(tmp_path)
+    crashing = StageContext(
+        "d", tiny_data(), SPEC, Teaching(teacher()), callbacks=CrashAtStep(3, 2), checkpoints=ckpt
+    )
+    with pytest.raises(Crash):
+        fit(student(), registry.build("kd"), crashing)
+    assert ckpt.epochs == [2]
+    resumed = student(seed=99)
+    res = fit(
+        resumed,
+        registry.build("kd"),
+        StageContext("d", tiny_data(), SPEC, Teaching(teacher()), checkpoints=ckpt),
+    )
+    assert res.resumed_from_epoch == 2
+    assert [r.train_loss for r in res.history] == [r.train_loss for r in full.history]
+    assert_same_weights(whole, resumed)
