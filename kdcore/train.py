@@ -31,8 +31,6 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 #: The training loss is read back from the device (a sync on GPU) every this many steps and at
 #: each epoch's last step; progress callbacks see the latest value read.
 LOSS_SYNC_EVERY = 25
-#: Seconds between checkpoint writes inside a stage (see `fit`).
-CHECKPOINT_EVERY_S = 30.0
 #: Rows per forward when the student's validation accuracy is measured after each epoch.
 EVAL_BATCH = 4096
 
@@ -291,6 +289,10 @@ class StageContext:
     callbacks: Callbacks = field(default_factory=Callbacks)
     checkpoints: CheckpointStore | None = None
     fingerprint: str = ""
+    #: 0: a checkpoint after every epoch (a killed worker loses at most the epoch it was in;
+    #: what the service relies on); more: at most this often, and at the last epoch and when
+    #: the stage stops on an exception (a small model's write can cost as much as an epoch)
+    checkpoint_every_s: float = 0.0
 
 
 def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
@@ -363,8 +365,8 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
     cb.on_stage_start(stage, train.epochs, steps)
 
     # Checkpoints: the state after every epoch is kept in memory; it is written to the store at
-    # the last epoch, when CHECKPOINT_EVERY_S have passed since the last write, and when the
-    # stage stops on an exception (a small model's write costs as much as a whole epoch).
+    # the last epoch, when `ctx.checkpoint_every_s` have passed since the last write (0: every
+    # epoch), and when the stage stops on an exception.
     pending: dict[str, Any] | None = None
     last_write = time.monotonic()
     try:
@@ -401,7 +403,7 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
                     ctx.fingerprint,
                 )
                 now = time.monotonic()
-                if epoch + 1 == train.epochs or now - last_write >= CHECKPOINT_EVERY_S:
+                if epoch + 1 == train.epochs or now - last_write >= ctx.checkpoint_every_s:
                     ctx.checkpoints.save(stage, state)
                     pending, last_write = None, now
                 else:
@@ -411,7 +413,7 @@ def fit(student: nn.Module, method: Method, ctx: StageContext) -> FitResult:
     except BaseException:
         # Stopped by an exception (a cancel, a crash in a callback, Ctrl-C): keep the last
         # finished epoch so a rerun resumes from it. Only a killed process loses more (at most
-        # CHECKPOINT_EVERY_S of training), and resuming from an older epoch is still exact.
+        # `checkpoint_every_s` of training), and resuming from an older epoch is still exact.
         if pending is not None and ctx.checkpoints is not None:
             with contextlib.suppress(Exception):
                 ctx.checkpoints.save(stage, pending)

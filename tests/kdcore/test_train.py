@@ -304,18 +304,16 @@ class CountingStore(FolderCheckpoints):
         super().save(stage, state)
 
 
-def test_checkpoints_are_written_by_time_and_at_the_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Within CHECKPOINT_EVERY_S only the last epoch is written; with 0 s, every one."""
-    store = CountingStore(tmp_path / "a")
-    fit(student(), registry.build("ce"), StageContext("s", tiny_data(), SPEC, checkpoints=store))
-    assert store.epochs == [SPEC.epochs]
-
-    every = CountingStore(tmp_path / "b")
-    monkeypatch.setattr("kdcore.train.CHECKPOINT_EVERY_S", 0.0)
+def test_checkpoints_are_written_every_epoch_or_by_time_and_at_the_end(tmp_path: Path) -> None:
+    """By default after every epoch; within `checkpoint_every_s` only the last epoch."""
+    every = CountingStore(tmp_path / "a")
     fit(student(), registry.build("ce"), StageContext("s", tiny_data(), SPEC, checkpoints=every))
     assert every.epochs == list(range(1, SPEC.epochs + 1))
+
+    hourly = CountingStore(tmp_path / "b")
+    context = StageContext("s", tiny_data(), SPEC, checkpoints=hourly, checkpoint_every_s=3600)
+    fit(student(), registry.build("ce"), context)
+    assert hourly.epochs == [SPEC.epochs]
 
 
 def test_crash_mid_epoch_resumes_exactly_from_the_last_finished_epoch(tmp_path: Path) -> None:
@@ -327,7 +325,13 @@ def test_crash_mid_epoch_resumes_exactly_from_the_last_finished_epoch(tmp_path: 
     )
     ckpt = CountingStore(tmp_path)
     crashing = StageContext(
-        "d", tiny_data(), SPEC, Teaching(teacher()), callbacks=CrashAtStep(3, 2), checkpoints=ckpt
+        "d",
+        tiny_data(),
+        SPEC,
+        Teaching(teacher()),
+        callbacks=CrashAtStep(3, 2),
+        checkpoints=ckpt,
+        checkpoint_every_s=3600,  # epochs 1 and 2 only in memory when the crash comes
     )
     with pytest.raises(Crash):
         fit(student(), registry.build("kd"), crashing)
