@@ -51,6 +51,18 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 
 @pytest.fixture
+def keyed_app(settings: Settings) -> FastAPI:
+    """An app that requires API keys (the shared `app` runs without them)."""
+    return create_app(settings.model_copy(update={"auth": "keys"}))
+
+
+@pytest.fixture
+def http(keyed_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(keyed_app) as c:
+        yield c
+
+
+@pytest.fixture
 def db(app: FastAPI) -> Iterator[Session]:
     """A session of the app's own engine, to arrange or inspect rows directly."""
     with app.state.sessions() as session:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,10 +12,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.main import create_app
 from store.auth import create_key, hash_key, revoke_key
 from store.models import ApiKey, Artifact, Evaluation, JobStatus
-from store.settings import Settings
 
 from ._reports import STUDENT, make_report
 
@@ -40,11 +37,6 @@ def unique_name(prefix: str) -> str:
 
 
 @pytest.fixture
-def keyed_app(settings: Settings) -> FastAPI:
-    return create_app(settings.model_copy(update={"auth": "keys"}))
-
-
-@pytest.fixture
 def keys(keyed_app: FastAPI) -> dict[str, str]:
     """A key for each of two fresh projects, "a" and "b" (names unique to this test)."""
     out = {}
@@ -54,12 +46,6 @@ def keys(keyed_app: FastAPI) -> dict[str, str]:
             out[label] = key
         s.commit()
     return out
-
-
-@pytest.fixture
-def http(keyed_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(keyed_app) as c:
-        yield c
 
 
 def bearer(key: str) -> dict[str, str]:

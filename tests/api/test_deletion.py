@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from api.main import create_app
 from client import remote
 from client.cli import app as cli
 from client.sdk import Conflict, Distillery, NotFound
 from store.models import Artifact, Job, JobEvent, JobStatus, Metric, Upload, utcnow
 from store.retention import checkpoint_prefix
-from store.settings import Settings
 
 from ._projects import Project, add_artifact, new_project, set_job
-
-
-@pytest.fixture
-def keyed_app(settings: Settings) -> FastAPI:
-    return create_app(settings.model_copy(update={"auth": "keys"}))
-
-
-@pytest.fixture
-def http(keyed_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(keyed_app) as c:
-        yield c
 
 
 def settle(app: FastAPI, sha: str) -> None:

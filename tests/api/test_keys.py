@@ -4,32 +4,17 @@ on use, at most once a minute per key."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.main import create_app
 from store.auth import TOUCH_EVERY, authenticate, check_key, key_state
 from store.models import ApiKey, JobStatus, KeyScope, utcnow
-from store.settings import Settings
 
 from ._projects import add_artifact, another_key, new_project, set_job
-
-
-@pytest.fixture
-def keyed_app(settings: Settings) -> FastAPI:
-    return create_app(settings.model_copy(update={"auth": "keys"}))
-
-
-@pytest.fixture
-def http(keyed_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(keyed_app) as c:
-        yield c
 
 
 def test_an_expired_key_is_401_and_says_it_expired(keyed_app: FastAPI, http: TestClient) -> None:

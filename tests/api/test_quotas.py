@@ -4,7 +4,7 @@ one project at its limit leaves the others alone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,17 +18,6 @@ from store.models import JobStatus, utcnow
 from store.settings import Settings
 
 from ._projects import Project, another_key, new_project, set_job, status_event
-
-
-@pytest.fixture
-def keyed_app(settings: Settings) -> FastAPI:
-    return create_app(settings.model_copy(update={"auth": "keys"}))
-
-
-@pytest.fixture
-def http(keyed_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(keyed_app) as c:
-        yield c
 
 
 def submit(http: TestClient, project: Project, new_spec: Callable[..., Any], **headers: str) -> Any:
